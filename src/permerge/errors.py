@@ -1,0 +1,24 @@
+"""User-facing errors.
+
+Every problem caused by the user's input (a bad file, an unknown name, mismatched models)
+raises a :class:`PermergeError`. The CLI prints its message on one line and exits non-zero
+without a traceback; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class PermergeError(Exception):
+    """Base class for errors the user can fix."""
+
+
+class DataError(PermergeError):
+    """A dataset spec, file or download is unusable."""
+
+
+class ModelError(PermergeError):
+    """A model file, config or pair of models is unusable."""
+
+
+class AlignmentError(PermergeError):
+    """A permutation spec cannot be derived or applied."""

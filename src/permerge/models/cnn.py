@@ -1,0 +1,24 @@
+from __future__ import annotations
+
+from torch import nn
+
+from .config import ModelConfig
+from .registry import register
+
+
+@register("cnn")
+def build_cnn(cfg: ModelConfig) -> nn.Module:
+    """LeNet-style: two conv+pool stages, two hidden linears. The conv->linear flatten
+    makes each channel permutation a block permutation of the first linear's inputs."""
+    c, h, w = cfg.in_shape
+    c1, c2 = max(1, round(32 * cfg.width)), max(1, round(64 * cfg.width))
+    f1, f2 = max(1, round(256 * cfg.width)), max(1, round(128 * cfg.width))
+    oh, ow = h // 4, w // 4
+    return nn.Sequential(
+        nn.Conv2d(c, c1, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(c1, c2, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(c2 * oh * ow, f1), nn.ReLU(),
+        nn.Linear(f1, f2), nn.ReLU(),
+        nn.Linear(f2, cfg.num_classes),
+    )

@@ -1,0 +1,162 @@
+"""Training and evaluation loops shared by the CLI, reduction baselines and experiments."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from .data import ImageSet
+from .data.transforms import random_crop_flip
+from .progress import progress_bar
+
+
+class TrainConfig(BaseModel):
+    """Optimiser settings. Defaults follow the paper's MLP recipe, with fewer epochs for CPUs."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(500, ge=1)
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: float = Field(0.1, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    schedule: Literal["constant", "cosine", "warmup-linear"] = "constant"
+    warmup_epochs: int = Field(0, ge=0)
+    augment: bool = False  # pad-4 crop + horizontal flip (for CIFAR)
+    val_fraction: float = Field(1 / 12, ge=0, lt=1)  # 5,000 of MNIST's 60,000
+
+
+@dataclass
+class Split:
+    train: ImageSet
+    val: ImageSet | None
+
+
+def train_val_split(data: ImageSet, fraction: float, seed: int = 0) -> Split:
+    """Hold out a stratified validation part; fixed by ``seed`` so it is reproducible."""
+    if fraction <= 0 or len(data) < 20:
+        return Split(data, None)
+    g = torch.Generator().manual_seed(10_007 + seed)
+    val_idx = []
+    for c in data.labels.unique().tolist():
+        idx = (data.labels == c).nonzero().flatten()
+        k = int(round(len(idx) * fraction))
+        if 0 < k < len(idx):
+            val_idx.append(idx[torch.randperm(len(idx), generator=g)[:k]])
+    if not val_idx:
+        return Split(data, None)
+    val = torch.cat(val_idx)
+    mask = torch.ones(len(data), dtype=torch.bool)
+    mask[val] = False
+    return Split(data.subset(mask.nonzero().flatten()), data.subset(val.sort().values))
+
+
+def _lr_at(cfg: TrainConfig, step: int, total: int, steps_per_epoch: int) -> float:
+    warm = cfg.warmup_epochs * steps_per_epoch
+    if warm and step < warm:
+        return cfg.lr * (step + 1) / warm  # never lr 0 on the first step
+    if cfg.schedule == "cosine":
+        return cfg.lr * 0.5 * (1 + math.cos(math.pi * step / max(1, total)))
+    if cfg.schedule == "warmup-linear":
+        return cfg.lr * max(0.0, 1 - (step - warm) / max(1, total - warm))
+    return cfg.lr
+
+
+def make_optimizer(params: Iterable[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def train_model(
+    model: nn.Module,
+    data: ImageSet,
+    cfg: TrainConfig,
+    *,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    description: str = "train",
+) -> dict[str, float]:
+    """Train ``model`` in place on ``data`` (already the training part); return final stats.
+
+    Deterministic for a seed on CPU: the model's init is the caller's business, shuffling and
+    augmentation use a private generator.
+    """
+    model.to(device).train()
+    g = torch.Generator().manual_seed(seed)
+    opt = make_optimizer(model.parameters(), cfg)
+    steps_per_epoch = max(1, math.ceil(len(data) / cfg.batch_size))
+    total = cfg.epochs * steps_per_epoch
+    weights = data.weights
+    step, last_loss = 0, float("nan")
+    t0 = time.perf_counter()
+    with progress_bar(total, description, enabled=progress) as bar:
+        for _ in range(cfg.epochs):
+            order = torch.randperm(len(data), generator=g)
+            for start in range(0, len(data), cfg.batch_size):
+                idx = order[start : start + cfg.batch_size]
+                x = data.to_input(data.images[idx], device)
+                y = data.labels[idx].to(device)
+                if cfg.augment:
+                    x = random_crop_flip(x.cpu(), g).to(device)
+                for group in opt.param_groups:
+                    group["lr"] = _lr_at(cfg, step, total, steps_per_epoch)
+                logits = model(x)
+                if weights is not None:
+                    w = weights[idx].to(device)
+                    loss = (F.cross_entropy(logits, y, reduction="none") * w).sum() / w.sum()
+                else:
+                    loss = F.cross_entropy(logits, y)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"training diverged at step {step} (loss {loss.item()})")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                step += 1
+                last_loss = loss.item()
+                bar.advance(loss=last_loss)
+    model.eval()
+    return {"final_train_loss": last_loss, "train_seconds": time.perf_counter() - t0}
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    data: ImageSet,
+    *,
+    batch_size: int = 1000,
+    device: str | torch.device = "cpu",
+) -> dict[str, float]:
+    """Accuracy (in %) and mean cross-entropy of ``model`` on ``data``."""
+    model.to(device).eval()
+    correct, loss_sum, n = 0, 0.0, 0
+    for x, y in data.batches(batch_size, device=device):
+        logits = model(x)
+        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+        correct += int((logits.argmax(1) == y).sum())
+        n += len(y)
+    if n == 0:
+        return {"acc": float("nan"), "loss": float("nan"), "n": 0}
+    return {"acc": 100.0 * correct / n, "loss": loss_sum / n, "n": n}
+
+
+def evaluate_many(
+    model: nn.Module, datasets: Sequence[ImageSet], *, device: str | torch.device = "cpu"
+) -> dict[str, object]:
+    """Per-dataset scores plus their means: the paper's metric for a merged model."""
+    per = {d.name: evaluate(model, d, device=device) for d in datasets}
+    return {
+        "per_dataset": per,
+        "mean_acc": sum(v["acc"] for v in per.values()) / len(per),
+        "mean_loss": sum(v["loss"] for v in per.values()) / len(per),
+    }
