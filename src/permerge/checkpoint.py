@@ -47,8 +47,9 @@ def check_finite(state: dict[str, torch.Tensor], where: str) -> None:
             raise ModelError(f"{where}: tensor {k!r} contains NaN or inf")
 
 
-def save_checkpoint(out_dir: str | Path, model: nn.Module, config: ModelConfig,
-                    meta: dict[str, Any] | None = None) -> Path:
+def save_checkpoint(
+    out_dir: str | Path, model: nn.Module, config: ModelConfig, meta: dict[str, Any] | None = None
+) -> Path:
     """Write ``model.safetensors`` + ``model.json`` atomically (each via temp file + rename)."""
     out = Path(out_dir)
     try:

@@ -8,9 +8,7 @@ import torch
 from torch import nn
 
 
-def lerp_state(
-    a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], lam: float
-) -> dict[str, torch.Tensor]:
+def lerp_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], lam: float) -> dict[str, torch.Tensor]:
     """``(1 - lam) * a + lam * b`` for float tensors; integer buffers (BN counters) from ``a``."""
     out = {}
     for k, va in a.items():

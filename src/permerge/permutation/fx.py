@@ -25,14 +25,64 @@ from .spec import AxisRef, PermGroup, PermutationSpec
 FIXED = 0
 
 _PASS_MODULES = (
-    nn.ReLU, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.ELU, nn.Softplus,
-    nn.Identity, nn.Dropout, nn.Dropout2d, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
-    nn.AdaptiveMaxPool2d, nn.ReLU6, nn.Hardswish,
+    nn.ReLU,
+    nn.LeakyReLU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Tanh,
+    nn.Sigmoid,
+    nn.ELU,
+    nn.Softplus,
+    nn.Identity,
+    nn.Dropout,
+    nn.Dropout2d,
+    nn.MaxPool2d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool2d,
+    nn.ReLU6,
+    nn.Hardswish,
 )
 _PASS_FUNCTIONS = {
-    F.relu, F.gelu, F.silu, F.leaky_relu, F.elu, F.dropout, F.max_pool2d, F.avg_pool2d,
-    F.adaptive_avg_pool2d, F.adaptive_max_pool2d, torch.relu, torch.tanh, torch.sigmoid,
-    F.relu6, F.hardswish,
+    F.relu,
+    F.gelu,
+    F.silu,
+    F.leaky_relu,
+    F.elu,
+    F.dropout,
+    F.max_pool2d,
+    F.avg_pool2d,
+    F.adaptive_avg_pool2d,
+    F.adaptive_max_pool2d,
+    torch.relu,
+    torch.tanh,
+    torch.sigmoid,
+    F.relu6,
+    F.hardswish,
+}
+_ACTIVATIONS = (
+    nn.ReLU,
+    nn.LeakyReLU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Tanh,
+    nn.Sigmoid,
+    nn.ELU,
+    nn.Softplus,
+    nn.ReLU6,
+    nn.Hardswish,
+)
+_ACT_FUNCTIONS = {
+    F.relu,
+    F.gelu,
+    F.silu,
+    F.leaky_relu,
+    F.elu,
+    torch.relu,
+    torch.tanh,
+    torch.sigmoid,
+    F.relu6,
+    F.hardswish,
 }
 _PASS_METHODS = {"relu", "sigmoid", "tanh", "contiguous", "clone", "detach", "float", "relu_"}
 _ADD = {operator.add, operator.iadd, torch.add}
@@ -77,10 +127,21 @@ def derive_spec(model: nn.Module, example_input: torch.Tensor) -> PermutationSpe
         gm = fx.symbolic_trace(model)
     except Exception as e:  # tracing failures come in many types
         raise AlignmentError(f"cannot trace {type(model).__name__} with torch.fx: {e}") from None
-    was_training = model.training
+    # gm shares its submodules with ``model``: restore each one's own mode afterwards
+    # (a blanket ``train(was_training)`` would, e.g., unfreeze a BN kept in eval mode).
+    modes = [(m, m.training) for m in (*model.modules(), *gm.modules())]
     gm.eval()
-    ShapeProp(gm).propagate(example_input)
-    gm.train(was_training)
+    try:
+        with torch.no_grad():
+            ShapeProp(gm).propagate(example_input)
+    except Exception as e:  # a shape mismatch surfaces as RuntimeError, etc.
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise AlignmentError(
+            f"cannot run {type(model).__name__} on an example input of shape "
+            f"{tuple(example_input.shape)}: {first}") from None
+    finally:
+        for m, mode in modes:
+            m.training = mode
     modules = dict(gm.named_modules())
     uf = _UnionFind()
     space: dict[fx.Node, Space] = {}
@@ -128,7 +189,8 @@ def derive_spec(model: nn.Module, example_input: torch.Tensor) -> PermutationSpe
                 if mod.num_groups not in (1, mod.num_channels):
                     raise AlignmentError(
                         f"node {node.name}: GroupNorm with {mod.num_groups} groups mixes channels "
-                        "across groups under permutation; only 1 (LayerNorm) or C groups are supported")
+                        "across groups under permutation; only 1 (LayerNorm) or C groups are supported"
+                    )
                 _bind_norm(mod, name, s_in, bind, node, buffers=False)
                 space[node] = s_in
             elif isinstance(mod, nn.LayerNorm):
@@ -143,7 +205,8 @@ def derive_spec(model: nn.Module, example_input: torch.Tensor) -> PermutationSpe
             else:
                 raise AlignmentError(
                     f"unsupported module {type(mod).__name__} at node {node.name} ({name}); "
-                    "pass a hand-written PermutationSpec instead")
+                    "pass a hand-written PermutationSpec instead"
+                )
         elif node.op == "call_function":
             fn = node.target
             if fn in _PASS_FUNCTIONS:
@@ -194,16 +257,44 @@ def derive_spec(model: nn.Module, example_input: torch.Tensor) -> PermutationSpe
         if root != FIXED:
             by_root.setdefault(root, []).append(ref)
     groups: dict[str, PermGroup] = {}
-    for refs in by_root.values():
+    root_name: dict[int, str] = {}
+    for root, refs in by_root.items():
         # name a group after the first layer whose outputs it reorders
         producer = next((r for r in refs if r.axis == 0), refs[0]).param.rsplit(".", 1)[0]
         name = f"P_{producer}"
         unique = tuple(dict.fromkeys(refs))
         size = state[unique[0].param].shape[unique[0].axis] // unique[0].block
         groups[name] = PermGroup(name, size, unique)
-    spec = PermutationSpec(groups)
+        root_name[root] = name
+    spec = PermutationSpec(groups, probes=_probes(gm, modules, space, uf, root_name))
     spec.validate(state)
     return spec
+
+
+def _probes(
+    gm: fx.GraphModule,
+    modules: dict[str, nn.Module],
+    space: dict[fx.Node, Space],
+    uf: _UnionFind,
+    root_name: dict[int, str],
+) -> dict[str, tuple[str, ...]]:
+    """Per group, the nodes after a nonlinearity (else any node) that carry its units."""
+    act: dict[str, list[str]] = {}
+    anyn: dict[str, list[str]] = {}
+    for node in gm.graph.nodes:
+        s = space.get(node)
+        if s is None or s.block != 1 or node.op in ("placeholder", "output"):
+            continue
+        name = root_name.get(uf.find(s.sid))
+        if name is None:
+            continue
+        anyn.setdefault(name, []).append(node.name)
+        is_act = (node.op == "call_module" and isinstance(modules[node.target], _ACTIVATIONS)) or (
+            node.op == "call_function" and node.target in _ACT_FUNCTIONS
+        )
+        if is_act:
+            act.setdefault(name, []).append(node.name)
+    return {g: tuple(act.get(g) or anyn.get(g, [])) for g in root_name.values()}
 
 
 def _bind_norm(mod: nn.Module, name: str, s_in: Space, bind, node: fx.Node, buffers: bool) -> None:  # type: ignore[no-untyped-def]

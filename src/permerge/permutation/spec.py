@@ -39,6 +39,9 @@ class PermGroup:
 @dataclass(frozen=True)
 class PermutationSpec:
     groups: dict[str, PermGroup]
+    # group name -> fx node names whose outputs carry the group's units (post-activation
+    # where possible); activation matching reads its features there. Empty for hand specs.
+    probes: dict[str, tuple[str, ...]] = field(default_factory=dict)
     # param name -> [(axis, group name, block)], derived for fast application
     by_param: dict[str, tuple[tuple[int, str, int], ...]] = field(default_factory=dict)
 
@@ -51,8 +54,9 @@ class PermutationSpec:
             object.__setattr__(self, "by_param", {k: tuple(v) for k, v in table.items()})
 
     @classmethod
-    def from_dict(cls, groups: Mapping[str, list[tuple[str, int] | tuple[str, int, int]]],
-                  state: Mapping[str, torch.Tensor]) -> PermutationSpec:
+    def from_dict(
+        cls, groups: Mapping[str, list[tuple[str, int] | tuple[str, int, int]]], state: Mapping[str, torch.Tensor]
+    ) -> PermutationSpec:
         """Hand-written spec: ``{"h1": [("fc1.weight", 0), ("fc1.bias", 0), ("fc2.weight", 1)]}``.
 
         Sizes are read from ``state``; every axis of a group must have the same unit count.
@@ -81,8 +85,9 @@ class PermutationSpec:
         return {name: torch.randperm(g.size, generator=generator) for name, g in self.groups.items()}
 
     def to_json(self) -> dict[str, object]:
-        return {g.name: {"size": g.size, "axes": [[a.param, a.axis, a.block] for a in g.axes]}
-                for g in self.groups.values()}
+        return {
+            g.name: {"size": g.size, "axes": [[a.param, a.axis, a.block] for a in g.axes]} for g in self.groups.values()
+        }
 
 
 def _group_size(name: str, axes: tuple[AxisRef, ...], state: Mapping[str, torch.Tensor]) -> int:
@@ -106,8 +111,9 @@ def expand_block(perm: torch.Tensor, block: int) -> torch.Tensor:
     return (perm.view(-1, 1) * block + torch.arange(block).view(1, -1)).reshape(-1)
 
 
-def permute_param(spec: PermutationSpec, name: str, value: torch.Tensor, perm: Permutation,
-                  skip_group: str | None = None) -> torch.Tensor:
+def permute_param(
+    spec: PermutationSpec, name: str, value: torch.Tensor, perm: Permutation, skip_group: str | None = None
+) -> torch.Tensor:
     """``value`` with every permuted axis reordered (except those of ``skip_group``)."""
     for axis, group, block in spec.by_param.get(name, ()):
         if group == skip_group:
@@ -116,12 +122,17 @@ def permute_param(spec: PermutationSpec, name: str, value: torch.Tensor, perm: P
     return value
 
 
-def apply_permutation(spec: PermutationSpec, perm: Permutation,
-                      state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def apply_permutation(
+    spec: PermutationSpec, perm: Permutation, state: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
     """The state dict of the permuted model (tensors not in the spec are copied as is)."""
     missing = set(spec.groups) - set(perm)
     if missing:
         raise AlignmentError(f"permutation lacks groups {sorted(missing)}")
+    for name, g in spec.groups.items():  # a non-permutation would silently drop/duplicate units
+        p = perm[name]
+        if p.shape != (g.size,) or not torch.equal(torch.sort(p).values.cpu().long(), torch.arange(g.size)):
+            raise AlignmentError(f"group {name}: not a permutation of {g.size} units")
     return {k: permute_param(spec, k, v, perm) for k, v in state.items()}
 
 

@@ -1,0 +1,347 @@
+"""The ``permerge`` command line: thin typer faces over :mod:`permerge.api`.
+
+User errors (:class:`PermergeError`) print one line and exit 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import api
+from .errors import PermergeError
+from .tables import scores_table
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Merge neural networks trained on different datasets (permutation alignment).",
+)
+console = Console()
+err_console = Console(stderr=True)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="print machine-readable JSON on stdout")]
+DataRoot = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-root", envvar="PERMERGE_DATA", help="folder with MNIST/raw, FashionMNIST/raw, cifar-10-batches-bin"
+    ),
+]
+Device = Annotated[str, typer.Option("--device", help="auto, cpu or cuda")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")]
+
+
+def _split_list(values: list[str] | None) -> list[str] | None:
+    if not values:
+        return None
+    return [v.strip() for item in values for v in item.split(",") if v.strip()]
+
+
+def _options(pairs: list[str] | None) -> dict[str, Any] | None:
+    """``--opt steps=500 --opt lr=0.5`` -> {"steps": 500, "lr": 0.5} (values parsed as JSON when possible)."""
+    if not pairs:
+        return None
+    out: dict[str, Any] = {}
+    for p in pairs:
+        k, sep, v = p.partition("=")
+        if not sep or not k:
+            raise PermergeError(f"--opt expects key=value, got {p!r}")
+        try:
+            out[k.strip().replace("-", "_")] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k.strip().replace("-", "_")] = v
+    return out
+
+
+@app.command()
+def train(
+    dataset: Annotated[
+        str, typer.Option("--dataset", "-d", help="dataset spec, e.g. mnist, cifar10[0-4], rotated-mnist:45")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="output folder for model.safetensors + model.json")],
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="mlp, mlp:256x256, cnn, vgg11:0.5, vgg16, resnet20:x2")
+    ] = "mlp",
+    seed: int = 0,
+    epochs: int = 10,
+    lr: Annotated[float | None, typer.Option(help="default 0.1 (SGD) / 1e-3 (Adam)")] = None,
+    batch_size: int = 500,
+    optimizer: str = "sgd",
+    weight_decay: float = 0.0,
+    schedule: str = "constant",
+    augment: Annotated[
+        bool | None, typer.Option("--augment/--no-augment", help="crop+flip; default on for cifar10")
+    ] = None,
+    val_fraction: float = 1 / 12,
+    data_root: DataRoot = None,
+    device: Device = "cpu",
+    quiet: Quiet = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Train a model on one dataset (a validation part is held out) and save it."""
+    if augment is None:
+        augment = dataset.startswith(("cifar", "npz", "folder")) and "mnist" not in dataset
+    ckpt = api.train(
+        dataset,
+        model=model,
+        seed=seed,
+        out=out,
+        data_root=data_root,
+        device=device,
+        progress=not quiet and not json_out,
+        epochs=epochs,
+        lr=lr if lr is not None else (1e-3 if optimizer == "adam" else 0.1),
+        batch_size=batch_size,
+        optimizer=optimizer,
+        weight_decay=weight_decay,
+        schedule=schedule,
+        augment=augment,
+        val_fraction=val_fraction,
+    )
+    s = ckpt.meta["scores"]
+    if json_out:
+        print(json.dumps({"out": str(out), **ckpt.meta}, default=str))
+        return
+    parts = [f"{k} {v['acc']:.2f}%" for k, v in s.items() if "acc" in v]
+    console.print(
+        f"trained {ckpt.config.describe()} on {dataset} (seed {seed}) in "
+        f"{ckpt.meta['wall_seconds']:.1f}s: " + ", ".join(parts) + f" -> {out}"
+    )
+
+
+@app.command("eval")
+def eval_(
+    model: Annotated[Path, typer.Argument(help="checkpoint folder or model.safetensors")],
+    datasets: Annotated[
+        list[str] | None, typer.Option("--datasets", help="comma-separated specs; default: the model's own")
+    ] = None,
+    data_root: DataRoot = None,
+    device: Device = "cpu",
+    json_out: JsonOpt = False,
+) -> None:
+    """Accuracy and loss on each test set and their mean (the merged-model metric)."""
+    r = api.evaluate_model(model, _split_list(datasets), data_root=data_root, device=device)
+    if json_out:
+        print(json.dumps(r))
+    else:
+        console.print(scores_table(f"evaluation of {model}", {str(model): r}))
+
+
+@app.command()
+def merge(
+    model_a: Annotated[Path, typer.Argument(help="model A (the reference)")],
+    model_b: Annotated[Path, typer.Argument(help="model B (permuted to match A)")],
+    method: Annotated[str, typer.Option("--method", help="average, ensemble, wm, am, ste")] = "wm",
+    data: Annotated[
+        list[str] | None, typer.Option("--data", help="merge data specs, e.g. mnist@10 fashion-mnist@10")
+    ] = None,
+    lam: Annotated[str, typer.Option("--lam", help="weight of B in [0,1], or 'auto' (chosen on merge data)")] = "0.5",
+    bn_reset: Annotated[
+        bool | None,
+        typer.Option(
+            "--bn-reset/--no-bn-reset", help="re-estimate BatchNorm stats on merge data (default: on when possible)"
+        ),
+    ] = None,
+    repair: Annotated[
+        bool, typer.Option("--repair", help="REPAIR: rescale hidden statistics toward the endpoints'")
+    ] = False,
+    opt: Annotated[
+        list[str] | None, typer.Option("--opt", help="method option key=value, e.g. --opt steps=500 --opt lr=0.5")
+    ] = None,
+    datasets: Annotated[
+        list[str] | None, typer.Option("--datasets", help="evaluation specs; default: both models' datasets")
+    ] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o")] = None,
+    seed: int = 0,
+    data_root: DataRoot = None,
+    device: Device = "cpu",
+    quiet: Quiet = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Align B to A with METHOD, interpolate at --lam, evaluate on both datasets."""
+    lam_value: float | str = lam if lam == "auto" else _float(lam, "--lam")
+    r = api.merge(
+        model_a,
+        model_b,
+        method=method,
+        lam=lam_value,
+        data=_split_list(data),
+        bn_reset=bn_reset,
+        repair=repair,
+        options=_options(opt),
+        datasets=_split_list(datasets),
+        out=out,
+        data_root=data_root,
+        seed=seed,
+        device=device,
+        progress=not quiet and not json_out,
+    )
+    if json_out:
+        print(json.dumps(r))
+        return
+    console.print(scores_table(f"{method} merge at lam={r['lam']:.2f}", {method: r["scores"]}))
+    align_info = r["info"].get("align", {})
+    console.print(
+        f"time {r['info']['seconds']:.1f}s"
+        + (f" (alignment {align_info['seconds']:.1f}s)" if align_info else "")
+        + (f"; saved to {out}" if out else "")
+    )
+
+
+def _float(v: str, name: str) -> float:
+    try:
+        return float(v)
+    except ValueError:
+        raise PermergeError(f"{name} must be a number or 'auto', got {v!r}") from None
+
+
+@app.command()
+def interpolate(
+    model_a: Annotated[Path, typer.Argument()],
+    model_b: Annotated[Path, typer.Argument()],
+    out: Annotated[Path, typer.Option("--out", "-o")],
+    method: str = "wm",
+    points: int = 11,
+    data: Annotated[list[str] | None, typer.Option("--data")] = None,
+    bn_reset: Annotated[bool | None, typer.Option("--bn-reset/--no-bn-reset")] = None,
+    repair: bool = False,
+    opt: Annotated[list[str] | None, typer.Option("--opt")] = None,
+    datasets: Annotated[list[str] | None, typer.Option("--datasets")] = None,
+    seed: int = 0,
+    data_root: DataRoot = None,
+    device: Device = "cpu",
+    quiet: Quiet = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Accuracy/loss along lam (naive, aligned, ensemble), barriers, CSV + PNG plot."""
+    r = api.interpolate(
+        model_a,
+        model_b,
+        method=method,
+        points=points,
+        data=_split_list(data),
+        bn_reset=bn_reset,
+        repair=repair,
+        options=_options(opt),
+        datasets=_split_list(datasets),
+        out=out,
+        data_root=data_root,
+        seed=seed,
+        device=device,
+        progress=not quiet and not json_out,
+    )
+    if json_out:
+        print(json.dumps(r))
+        return
+    t = Table(title=f"barriers ({points} points)")
+    for c in ("line", "mean acc at 0.5", "acc barrier", "loss barrier"):
+        t.add_column(c, justify="right")
+    for line, b in r["barriers"].items():
+        t.add_row(line, f"{b['mid_mean_acc']:.2f}", f"{b['acc_barrier']:.2f}", f"{b['loss_barrier']:.3f}")
+    console.print(t)
+    console.print(f"wrote {out}/interpolation.csv and interpolation.png")
+
+
+@app.command("merge-many")
+def merge_many(
+    models: Annotated[list[Path], typer.Argument(help="two or more checkpoints")],
+    out: Annotated[Path | None, typer.Option("--out", "-o")] = None,
+    datasets: Annotated[list[str] | None, typer.Option("--datasets")] = None,
+    seed: int = 0,
+    data_root: DataRoot = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Align N models into one basin by weight matching (MergeMany) and average them."""
+    r = api.merge_many(models, datasets=_split_list(datasets), out=out, data_root=data_root, seed=seed)
+    if json_out:
+        print(json.dumps(r))
+    else:
+        console.print(scores_table(f"merge of {len(models)} models ({r['rounds']} rounds)", {"merged": r["scores"]}))
+
+
+@app.command()
+def methods(json_out: JsonOpt = False) -> None:
+    """List merge methods and their options."""
+    from .align import available
+
+    rows = {
+        "average": {"needs_data": False, "summary": "plain weight averaging (no alignment)", "options": {}},
+        "ensemble": {"needs_data": False, "summary": "average of output probabilities", "options": {}},
+    }
+    for name, m in available().items():
+        rows[name] = {
+            "needs_data": m.needs_data,
+            "summary": m.summary,
+            "options": {k: str(f.default) for k, f in m.options.model_fields.items()},
+        }
+    if json_out:
+        print(json.dumps(rows))
+        return
+    t = Table(title="merge methods")
+    for c in ("method", "needs data", "what", "options (--opt key=value)"):
+        t.add_column(c)
+    for k, v in rows.items():
+        t.add_row(
+            k, "yes" if v["needs_data"] else "no", v["summary"], ", ".join(f"{a}={b}" for a, b in v["options"].items())
+        )
+    console.print(t)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o")] = Path("runs/demo"),
+    dataset_a: str = "mnist-5k",
+    dataset_b: str = "fashion-mnist@400",
+    epochs: int = 20,
+    merge_ipc: Annotated[int, typer.Option(help="merge data: images per class from each dataset")] = 10,
+    ste_steps: int = 300,
+    seed: int = 0,
+    data_root: DataRoot = None,
+    quiet: Quiet = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Train on two real datasets, then compare naive averaging, WM and STE side by side."""
+    from .demo import run_demo
+
+    r = run_demo(
+        out=out,
+        dataset_a=dataset_a,
+        dataset_b=dataset_b,
+        epochs=epochs,
+        merge_ipc=merge_ipc,
+        ste_steps=ste_steps,
+        seed=seed,
+        data_root=data_root,
+        progress=not quiet and not json_out,
+        console=None if json_out else console,
+    )
+    if json_out:
+        print(json.dumps(r))
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except PermergeError as e:
+        err_console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except (typer.Abort, KeyboardInterrupt):
+        err_console.print("interrupted")
+        sys.exit(130)
+    except Exception as e:  # click usage errors carry their own exit code
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()
