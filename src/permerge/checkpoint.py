@@ -58,7 +58,8 @@ def save_checkpoint(
         raise ModelError(f"cannot create output folder {out}: {e.strerror}") from e
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     check_finite(state, "refusing to save model")
-    record = {"config": config.model_dump(mode="json"), **(meta or {})}
+    # the config always describes the weights being written; a stale "config" in meta must not win
+    record = {"config": config.model_dump(mode="json"), **{k: v for k, v in (meta or {}).items() if k != "config"}}
     try:
         with atomic_path(out / WEIGHTS) as tmp:
             save_file(state, str(tmp), metadata={"format": "pt", "arch": config.arch})

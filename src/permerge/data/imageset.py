@@ -62,9 +62,7 @@ class ImageSet(Dataset[tuple[torch.Tensor, int]]):
         if self.images.ndim != 4:
             raise DataError(f"{self.name}: images must be N x C x H x W, got {tuple(self.images.shape)}")
         if self.images.shape[0] != self.labels.shape[0]:
-            raise DataError(
-                f"{self.name}: {self.images.shape[0]} images but {self.labels.shape[0]} labels"
-            )
+            raise DataError(f"{self.name}: {self.images.shape[0]} images but {self.labels.shape[0]} labels")
         if self.images.dtype not in (torch.uint8, torch.float32):
             raise DataError(f"{self.name}: images must be uint8 or float32, got {self.images.dtype}")
         if self.labels.numel() and (self.labels.min() < 0 or self.labels.max() >= self.num_classes):

@@ -131,8 +131,9 @@ def candidate_dirs(dataset: str, data_root: str | os.PathLike[str] | None) -> li
     return dirs
 
 
-def locate(dataset: str, split: str, data_root: str | os.PathLike[str] | None = None,
-           allow_download: bool | None = None) -> list[Path]:
+def locate(
+    dataset: str, split: str, data_root: str | os.PathLike[str] | None = None, allow_download: bool | None = None
+) -> list[Path]:
     """Return the files of ``dataset``/``split``, fetching them if allowed and needed."""
     if dataset not in SOURCES:
         raise DataError(f"unknown dataset {dataset!r}")
@@ -153,8 +154,11 @@ def locate(dataset: str, split: str, data_root: str | os.PathLike[str] | None = 
         except DataError as e:
             problems.append(str(e))
     looked = ", ".join(str(d) for d in dict.fromkeys(tried))
-    why = f"; fetching failed: {' | '.join(problems)}" if problems else (
-        "; downloading is off (PERMERGE_OFFLINE)" if not allow_download else "")
+    why = (
+        f"; fetching failed: {' | '.join(problems)}"
+        if problems
+        else ("; downloading is off (PERMERGE_OFFLINE)" if not allow_download else "")
+    )
     raise DataError(
         f"{dataset} ({split}) not found; looked in: {looked}{why}. Fix: pass --data-root DIR "
         f"(or set PERMERGE_DATA) to a folder in torchvision layout "
@@ -215,14 +219,14 @@ def _fetch_debian(src: Source, cache: Path) -> Path:
     out = cache / "debian"
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            subprocess.run(["apt-get", "download", src.debian_package], cwd=tmp, check=True,
-                           capture_output=True, timeout=300)
+            subprocess.run(
+                ["apt-get", "download", src.debian_package], cwd=tmp, check=True, capture_output=True, timeout=300
+            )
             debs = list(Path(tmp).glob("*.deb"))
             if not debs:
                 raise DataError(f"apt-get download {src.debian_package} produced no package")
             staging = Path(tmp) / "x"
-            subprocess.run(["dpkg-deb", "-x", str(debs[0]), str(staging)], check=True,
-                           capture_output=True, timeout=300)
+            subprocess.run(["dpkg-deb", "-x", str(debs[0]), str(staging)], check=True, capture_output=True, timeout=300)
         except (subprocess.SubprocessError, OSError) as e:
             raise DataError(f"apt-get download {src.debian_package} failed ({e})") from e
         for d in src.system_dirs:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import io
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,7 @@ def _read_bytes(path: Path) -> bytes:
     if raw[:2] == b"\x1f\x8b":
         try:
             return gzip.decompress(raw)
-        except (OSError, EOFError, gzip.BadGzipFile) as e:
+        except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError
             raise DataError(f"{path}: corrupt or truncated gzip file ({e})") from e
     return raw
 
@@ -45,8 +46,7 @@ def read_idx(path: Path) -> np.ndarray:
     expected = int(np.prod(dims)) if dims else 0
     if len(data) - header != expected:
         raise DataError(
-            f"{path}: IDX size mismatch: header says {dims} ({expected} bytes), "
-            f"file holds {len(data) - header}"
+            f"{path}: IDX size mismatch: header says {dims} ({expected} bytes), file holds {len(data) - header}"
         )
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
 
@@ -72,10 +72,7 @@ def read_cifar_batches(paths: list[Path]) -> tuple[torch.Tensor, torch.Tensor]:
     for p in paths:
         data = _read_bytes(p)
         if len(data) == 0 or len(data) % CIFAR_RECORD:
-            raise DataError(
-                f"{p}: not a CIFAR-10 binary batch ({len(data)} bytes is not a multiple of "
-                f"{CIFAR_RECORD})"
-            )
+            raise DataError(f"{p}: not a CIFAR-10 binary batch ({len(data)} bytes is not a multiple of {CIFAR_RECORD})")
         arr = np.frombuffer(data, dtype=np.uint8).reshape(-1, CIFAR_RECORD)
         if arr[:, 0].max() > 9:
             raise DataError(f"{p}: label byte {int(arr[:, 0].max())} out of range 0-9")
@@ -130,22 +127,32 @@ def read_npz(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
 _IMAGE_EXT = {".png", ".jpg", ".jpeg", ".bmp", ".gif"}
 
 
-def read_folder(root: Path, size: tuple[int, int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...]]:
+def read_folder(
+    root: Path, size: tuple[int, int, int] | None = None, classes: tuple[str, ...] | None = None
+) -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...]]:
     """Images in ``root/<class>/*.png``; classes sorted by name (numeric names keep their id).
 
-    Every image is converted to ``size`` = (C, H, W) (or the first image's shape).
+    Every image is converted to ``size`` = (C, H, W) (or the first image's shape). ``classes``
+    fixes the name -> id table (e.g. shared by train/ and test/ folders, where a class may be
+    missing from one of them); sub-folders not listed in it are an error.
     """
     from PIL import Image  # matplotlib's dependency; imported lazily
 
     if not root.is_dir():
         raise DataError(f"{root}: not a folder")
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir())
-    if not classes:
+    present = sorted(d.name for d in root.iterdir() if d.is_dir())
+    if not present:
         raise DataError(f"{root}: no class sub-folders (expected root/<class>/*.png)")
+    if classes is None:
+        classes = tuple(present)
+    elif set(present) - set(classes):
+        raise DataError(f"{root}: unexpected class folders {sorted(set(present) - set(classes))}")
     numeric = all(c.isdigit() for c in classes)
     xs, ys = [], []
     for ci, cname in enumerate(classes):
         label = int(cname) if numeric else ci
+        if cname not in present:
+            continue
         for f in sorted((root / cname).iterdir()):
             if f.suffix.lower() not in _IMAGE_EXT:
                 continue

@@ -15,6 +15,7 @@ spec of ``mnist`` never falls back to it.
 from __future__ import annotations
 
 import functools
+import math
 import os
 import re
 from dataclasses import dataclass, replace
@@ -24,17 +25,25 @@ import torch
 
 from ..errors import DataError
 from . import locate, readers
-from .imageset import CIFAR10_NORM, IDENTITY, ImageSet
+from .imageset import CIFAR10_NORM, ImageSet
 from .transforms import rotate
 
 SPLITS = ("train", "test")
 MNIST_CLASSES = tuple(str(i) for i in range(10))
-FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
-                   "Sneaker", "Bag", "Ankle boot")
-CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
-                 "ship", "truck")
-ALIASES = {"fmnist": "fashion-mnist", "fashion_mnist": "fashion-mnist", "cifar-10": "cifar10",
-           "mnist5k": "mnist-5k"}
+FASHION_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+ALIASES = {"fmnist": "fashion-mnist", "fashion_mnist": "fashion-mnist", "cifar-10": "cifar10", "mnist5k": "mnist-5k"}
 NAMED = ("mnist", "fashion-mnist", "cifar10", "mnist-5k")
 
 _SPEC_RE = re.compile(r"^(?P<base>[^\[@]+?)(?:\[(?P<classes>[^\]]*)\])?(?:@(?P<k>[^@\[\]]+))?$")
@@ -91,9 +100,11 @@ def parse_spec(spec: str | DatasetSpec) -> DatasetSpec:
         base = kind
     elif kind == "rotated-mnist":
         try:
-            float(arg)
+            finite = math.isfinite(float(arg))
         except ValueError:
-            raise DataError(f"rotated-mnist needs an angle in degrees, e.g. rotated-mnist:45 (got {spec!r})") from None
+            finite = False
+        if not finite:
+            raise DataError(f"rotated-mnist needs an angle in degrees, e.g. rotated-mnist:45 (got {spec!r})")
         base = f"rotated-mnist:{arg}"
     elif kind in ("npz", "folder", "reduced") and arg:
         base = f"{kind}:{arg}"
@@ -147,7 +158,11 @@ def _load_base(base: str, split: str, data_root: str | None) -> ImageSet:
     if kind == "npz":
         return _load_user(Path(arg), split, readers.read_npz)
     if kind == "folder":
-        return _load_user(Path(arg), split, lambda p: readers.read_folder(p)[:2])
+        root = Path(arg)
+        # one class-name -> id table for train/ and test/ parts (either may lack a class)
+        subs = [root / s for s in SPLITS] if all((root / s).is_dir() for s in SPLITS) else [root]
+        names = tuple(sorted({d.name for r in subs if r.is_dir() for d in r.iterdir() if d.is_dir()}))
+        return _load_user(root, split, lambda p: readers.read_folder(p, classes=names or None)[:2])
     if kind == "reduced":
         from ..reduce.reduced_set import load_reduced  # late import: reduce builds on data
 
@@ -177,9 +192,7 @@ def balanced_sample(data: ImageSet, per_class: int, seed: int = 0) -> ImageSet:
     for c in data.labels.unique().tolist():
         idx = (data.labels == c).nonzero().flatten()
         if per_class > len(idx):
-            raise DataError(
-                f"{data.name}: asked for {per_class} images of class {c} but it has only {len(idx)}"
-            )
+            raise DataError(f"{data.name}: asked for {per_class} images of class {c} but it has only {len(idx)}")
         chosen.append(idx[torch.randperm(len(idx), generator=g)[:per_class]])
     return data.subset(torch.cat(chosen), name=f"{data.name}@{per_class}")
 

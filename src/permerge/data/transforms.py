@@ -17,6 +17,10 @@ def rotate(images: torch.Tensor, degrees: float, chunk: int = 8192) -> torch.Ten
     """
     if degrees % 360 == 0:
         return images.clone()
+    if degrees % 90 == 0 and (degrees % 180 == 0 or images.shape[-1] == images.shape[-2]):
+        # Right angles: an exact index permutation (the sampling grid below is off by ~1e-15,
+        # which float images would keep).
+        return torch.rot90(images, int(degrees // 90) % 4, (2, 3)).contiguous()
     t = math.radians(degrees)
     c, s = math.cos(t), math.sin(t)
     # Snap the tiny float residue of cos/sin at right angles so the grid is exact.

@@ -15,10 +15,16 @@ def build_cnn(cfg: ModelConfig) -> nn.Module:
     f1, f2 = max(1, round(256 * cfg.width)), max(1, round(128 * cfg.width))
     oh, ow = h // 4, w // 4
     return nn.Sequential(
-        nn.Conv2d(c, c1, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(c1, c2, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(c, c1, 5, padding=2),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(c1, c2, 5, padding=2),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
         nn.Flatten(),
-        nn.Linear(c2 * oh * ow, f1), nn.ReLU(),
-        nn.Linear(f1, f2), nn.ReLU(),
+        nn.Linear(c2 * oh * ow, f1),
+        nn.ReLU(),
+        nn.Linear(f1, f2),
+        nn.ReLU(),
         nn.Linear(f2, cfg.num_classes),
     )

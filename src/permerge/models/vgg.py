@@ -7,8 +7,7 @@ from .registry import register
 
 _CFG: dict[str, list[int | str]] = {
     "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
-    "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
-              512, 512, 512, "M"],
+    "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
 }
 
 
@@ -31,8 +30,7 @@ def _build_vgg(cfg: ModelConfig) -> nn.Module:
                 size //= 2
             continue
         out = max(1, round(int(v) * cfg.width))
-        layers += [nn.Conv2d(c, out, 3, padding=1, bias=cfg.norm == "none"),
-                   norm_layer(cfg.norm, out), nn.ReLU()]
+        layers += [nn.Conv2d(c, out, 3, padding=1, bias=cfg.norm == "none"), norm_layer(cfg.norm, out), nn.ReLU()]
         c = out
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, cfg.num_classes)]
     return nn.Sequential(*layers)

@@ -137,8 +137,8 @@ def derive_spec(model: nn.Module, example_input: torch.Tensor) -> PermutationSpe
     except Exception as e:  # a shape mismatch surfaces as RuntimeError, etc.
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise AlignmentError(
-            f"cannot run {type(model).__name__} on an example input of shape "
-            f"{tuple(example_input.shape)}: {first}") from None
+            f"cannot run {type(model).__name__} on an example input of shape {tuple(example_input.shape)}: {first}"
+        ) from None
     finally:
         for m, mode in modes:
             m.training = mode

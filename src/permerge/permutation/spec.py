@@ -131,7 +131,8 @@ def apply_permutation(
         raise AlignmentError(f"permutation lacks groups {sorted(missing)}")
     for name, g in spec.groups.items():  # a non-permutation would silently drop/duplicate units
         p = perm[name]
-        if p.shape != (g.size,) or not torch.equal(torch.sort(p).values.cpu().long(), torch.arange(g.size)):
+        units = torch.arange(g.size, device=p.device, dtype=p.dtype)
+        if p.shape != (g.size,) or not torch.equal(torch.sort(p).values, units):
             raise AlignmentError(f"group {name}: not a permutation of {g.size} units")
     return {k: permute_param(spec, k, v, perm) for k, v in state.items()}
 

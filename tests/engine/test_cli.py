@@ -1,0 +1,109 @@
+"""The command line end to end, in real subprocesses (exit codes, stdout JSON, no tracebacks)."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def run(*args: str, data_root: Path, ok: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PERMERGE_DATA": str(data_root), "PERMERGE_OFFLINE": "1", "OMP_NUM_THREADS": "2"}
+    p = subprocess.run([sys.executable, "-m", "permerge.cli", *args], capture_output=True, text=True, env=env,
+                       timeout=300)
+    if ok:
+        assert p.returncode == 0, p.stderr
+    return p
+
+
+@pytest.fixture(scope="module")
+def two_models(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    out = tmp_path_factory.mktemp("cli")
+    for name, ds, seed in (("a", "mnist@30", "0"), ("b", "fashion-mnist@30", "1")):
+        p = run("train", "--dataset", ds, "--model", "mlp:32", "--epochs", "2", "--seed", seed, "--out",
+                str(out / name), "--json", data_root=data_root)
+        meta = json.loads(p.stdout)
+        assert meta["dataset"] == ds and "test" in meta["scores"]
+        assert (out / name / "model.safetensors").is_file()
+    return out / "a", out / "b"
+
+
+def test_eval_json(two_models: tuple[Path, Path], data_root: Path) -> None:
+    a, _ = two_models
+    r = json.loads(run("eval", str(a), "--datasets", "mnist,fashion-mnist", "--json", data_root=data_root).stdout)
+    assert set(r["per_dataset"]) == {"mnist", "fashion-mnist"}
+    assert r["mean_acc"] == pytest.approx(sum(v["acc"] for v in r["per_dataset"].values()) / 2)
+
+
+@pytest.mark.parametrize("method,extra", [("average", []), ("wm", []),
+                                          ("ste", ["--data", "mnist@5", "--data", "fashion-mnist@5",
+                                                   "--opt", "steps=5"])])
+def test_merge_writes_model_and_report(two_models: tuple[Path, Path], data_root: Path, tmp_path: Path,
+                                       method: str, extra: list[str]) -> None:
+    a, b = two_models
+    out = tmp_path / "merged"
+    r = json.loads(run("merge", str(a), str(b), "--method", method, *extra, "--out", str(out), "--json",
+                       data_root=data_root).stdout)
+    assert r["method"] == method and set(r["scores"]["per_dataset"]) == {"mnist", "fashion-mnist"}
+    assert (out / "model.safetensors").is_file() and (out / "merge.json").is_file()
+    if method != "average":
+        assert (out / "permutation.safetensors").is_file()
+    # the merged checkpoint evaluates on both source datasets by default
+    again = json.loads(run("eval", str(out), "--json", data_root=data_root).stdout)
+    assert again["mean_acc"] == pytest.approx(r["scores"]["mean_acc"])
+
+
+def test_interpolate_writes_csv_and_plot(two_models: tuple[Path, Path], data_root: Path, tmp_path: Path) -> None:
+    a, b = two_models
+    r = json.loads(run("interpolate", str(a), str(b), "--method", "wm", "--points", "5", "--out", str(tmp_path),
+                       "--json", data_root=data_root).stdout)
+    assert set(r["barriers"]) == {"naive", "aligned", "ensemble"}
+    assert (tmp_path / "interpolation.csv").read_text().count("\n") == 1 + 3 * 5
+    assert (tmp_path / "interpolation.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def _assert_user_error(p: subprocess.CompletedProcess[str], needle: str) -> None:
+    assert p.returncode == 2, (p.returncode, p.stderr)
+    assert "Traceback" not in p.stderr
+    assert needle in p.stderr
+    assert len([ln for ln in p.stderr.strip().splitlines() if ln.strip()]) <= 3  # one message (may wrap)
+
+
+def test_user_errors_are_one_line(two_models: tuple[Path, Path], data_root: Path, tmp_path: Path) -> None:
+    a, b = two_models
+    _assert_user_error(run("eval", str(a), "--datasets", "imagenet", data_root=data_root, ok=False), "unknown dataset")
+    _assert_user_error(run("merge", str(a), str(b), "--lam", "2", data_root=data_root, ok=False), "[0, 1]")
+    _assert_user_error(run("merge", str(a), str(b), "--method", "ste", data_root=data_root, ok=False), "merge data")
+    _assert_user_error(run("merge", str(a), str(tmp_path / "nope"), data_root=data_root, ok=False), "no such model")
+    # a model of another width
+    other = tmp_path / "c"
+    run("train", "--dataset", "mnist@5", "--model", "mlp:16", "--epochs", "1", "--out", str(other), "-q",
+        data_root=data_root)
+    _assert_user_error(run("merge", str(a), str(other), data_root=data_root, ok=False), "different architectures")
+
+
+class _Evil:
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (os.system, (f"touch {os.environ.get('PM_MARKER', '/tmp/permerge-pwned')}",))
+
+
+def test_malicious_pickle_is_refused(two_models: tuple[Path, Path], data_root: Path, tmp_path: Path) -> None:
+    a, b = two_models
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    (evil / "model.json").write_text((a / "model.json").read_text())
+    os.environ["PM_MARKER"] = str(marker)
+    try:
+        with (evil / "model.pt").open("wb") as f:
+            pickle.dump({"x": _Evil()}, f)
+    finally:
+        del os.environ["PM_MARKER"]
+    p = run("merge", str(a), str(evil / "model.pt"), data_root=data_root, ok=False)
+    _assert_user_error(p, "refused or unreadable")
+    assert not marker.exists()
