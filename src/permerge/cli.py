@@ -266,6 +266,32 @@ def merge_many(
 
 
 @app.command()
+def reduce(
+    dataset: Annotated[str, typer.Option("--dataset", "-d", help="dataset spec whose training split is reduced")],
+    method: Annotated[str, typer.Option("--method", help="random, herding, kcenter, el2n, uncertainty, dc, dsa, dm")],
+    ipc: Annotated[int, typer.Option("--ipc", help="images per class")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="output .safetensors (a .json and .png are written beside)")],
+    model: Annotated[str | None, typer.Option("--model", help="trained checkpoint (features/scores) or architecture")] = None,
+    opt: Annotated[list[str] | None, typer.Option("--opt", help="method hyperparameter key=value")] = None,
+    seed: int = 0,
+    data_root: DataRoot = None,
+    device: Device = "cpu",
+    quiet: Quiet = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Build a reduced set (coreset or condensed images); use it as merge data via reduced:FILE."""
+    from .reduce import reduce_dataset
+
+    dev = str(api.resolve_device(device))
+    r = reduce_dataset(dataset, method, ipc, model=model, seed=seed, device=dev, progress=not quiet and not json_out,
+                       out=out, data_root=data_root, **(_options(opt) or {}))
+    if json_out:
+        print(json.dumps({"out": str(out), **r.meta}, default=str))
+        return
+    console.print(f"{method} reduced {dataset} to {ipc} images per class -> {out} (use as reduced:{out})")
+
+
+@app.command()
 def methods(json_out: JsonOpt = False) -> None:
     """List merge methods and their options."""
     from .align import available
@@ -325,21 +351,47 @@ def demo(
         print(json.dumps(r))
 
 
-def main() -> None:
+_MULTI = ("--data",)
+
+
+def _expand_multi(argv: list[str]) -> list[str]:
+    """Let ``--data A B`` mean ``--data A --data B`` (click options take one value each).
+
+    Values are taken until the next token that starts with ``-``; put model paths before
+    ``--data``.
+    """
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        tok = argv[i]
+        out.append(tok)
+        i += 1
+        if tok in _MULTI:
+            first = True
+            while i < len(argv) and not argv[i].startswith("-"):
+                if not first:
+                    out.append(tok)
+                out.append(argv[i])
+                first = False
+                i += 1
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _expand_multi(list(sys.argv[1:] if argv is None else argv))
     try:
-        app(standalone_mode=False)
+        app(args=args, standalone_mode=False)
     except PermergeError as e:
         err_console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except (typer.Abort, KeyboardInterrupt):
         err_console.print("interrupted")
         sys.exit(130)
-    except Exception as e:  # click usage errors carry their own exit code
-        import click
-
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
+    except Exception as e:
+        # click usage errors (typer vendors click) carry their own message and exit code
+        if hasattr(e, "exit_code") and hasattr(e, "format_message"):
+            err_console.print(f"[red]error:[/red] {e.format_message()}", highlight=False, soft_wrap=True)
+            sys.exit(int(e.exit_code))
         raise
 
 

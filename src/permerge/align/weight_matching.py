@@ -46,10 +46,16 @@ class WeightMatcher:
         self.b = {k: v.detach().to(dtype) for k, v in state_b.items() if not k.endswith(_STAT_SUFFIXES)}
         self.names = list(spec.groups)
         self._rows_b: dict[tuple[str, int], tuple[tuple[bytes, ...], torch.Tensor]] = {}
+        # Products W_a W_b^T per (group, axis), valid while A and the neighbours' permutations
+        # are unchanged; cleared at every match() because A may differ between calls.
+        self._products: dict[tuple[str, int], tuple[tuple[bytes, ...], torch.Tensor]] = {}
 
-    def _b_rows(self, p: str, i: int, perm: Permutation) -> torch.Tensor:
+    def _others(self, p: str, i: int, perm: Permutation) -> tuple[bytes, ...]:
         ref = self.spec.groups[p].axes[i]
-        others = tuple(perm[g].numpy().tobytes() for _, g, _ in self.spec.by_param[ref.param] if g != p)
+        return tuple(perm[g].numpy().tobytes() for _, g, _ in self.spec.by_param[ref.param] if g != p)
+
+    def _b_rows(self, p: str, i: int, perm: Permutation, others: tuple[bytes, ...]) -> torch.Tensor:
+        ref = self.spec.groups[p].axes[i]
         hit = self._rows_b.get((p, i))
         if hit is not None and hit[0] == others:
             return hit[1]
@@ -65,8 +71,15 @@ class WeightMatcher:
         for i, ref in enumerate(g.axes):
             if ref.param not in self.b:
                 continue  # BN running statistics are not part of the cost
+            others = self._others(p, i, perm)
+            hit = self._products.get((p, i))
+            if hit is not None and hit[0] == others:
+                c += hit[1]
+                continue
             wa = _unit_rows(a[ref.param].detach().to(self.dtype), ref.axis, n)
-            c.addmm_(wa, self._b_rows(p, i, perm).T)
+            prod = wa @ self._b_rows(p, i, perm, others).T
+            self._products[(p, i)] = (others, prod)
+            c += prod
         return c
 
     def match(
@@ -77,6 +90,7 @@ class WeightMatcher:
         max_iter: int = 100,
         generator: torch.Generator | None = None,
     ) -> tuple[Permutation, dict[str, float]]:
+        self._products.clear()
         perm = {k: v.clone() for k, v in (init or self.spec.identity()).items()}
         g = generator or torch.Generator().manual_seed(0)
         sweeps = 0
