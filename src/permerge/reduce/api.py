@@ -1,0 +1,148 @@
+"""``reduce_dataset``: the one entry point for making merge data (coresets and condensed sets)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..data import ImageSet, load_dataset
+from ..errors import DataError, ModelError, PermergeError
+from .condense import reinit_factory
+from .reduced_set import ReducedSet
+from .registry import ReduceContext, get_method
+
+CONDENSE_ARCHS = ("convnet",)
+
+
+def _resolve_model(model: str | Path | nn.Module | None, data: ImageSet) -> tuple[nn.Module | None, Any, str | None]:
+    """(trained model or None, factory for the same architecture or None, a name for it).
+
+    ``model`` is a checkpoint path (folder or weights file), a live module, or, for
+    condensation only, an architecture spec such as ``mlp`` or ``convnet:128``.
+    """
+    if model is None:
+        return None, None, None
+    if isinstance(model, nn.Module):
+        return model.eval(), reinit_factory(model), type(model).__name__
+    p = Path(model)
+    if p.exists():
+        from ..checkpoint import load_checkpoint
+        from ..models import build_model
+
+        ckpt = load_checkpoint(p)
+        if tuple(ckpt.config.in_shape) != data.image_shape:
+            raise ModelError(
+                f"{p}: model expects inputs {tuple(ckpt.config.in_shape)} but {data.name} has {data.image_shape}"
+            )
+        cfg = ckpt.config
+        return ckpt.model, (lambda: build_model(cfg)), cfg.arch
+    return None, None, str(model)  # an architecture name; checked by the method
+
+
+def _check_sizes(data: ImageSet, classes: list[int], ipc: int, method: str) -> None:
+    counts = data.class_counts()
+    for c in classes:
+        if int(counts[c]) < ipc:
+            raise DataError(
+                f"{method}: asked for {ipc} images per class but class {c} of {data.name} has only {int(counts[c])}"
+            )
+
+
+def reduce_dataset(
+    dataset: str | ImageSet,
+    method: str,
+    ipc: int,
+    *,
+    model: str | Path | nn.Module | None = None,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    out: str | Path | None = None,
+    data_root: str | os.PathLike[str] | None = None,
+    **options: Any,
+) -> ReducedSet:
+    """Reduce ``dataset`` (a spec such as ``mnist`` or an :class:`ImageSet`; its training split
+    is used) to ``ipc`` images per class with ``method``.
+
+    ``model`` gives coreset methods their feature space / scores (a trained checkpoint) and
+    condensation methods their matching architecture (a checkpoint's architecture, freshly
+    initialised each iteration, or an architecture spec such as ``mlp``). ``options`` are the
+    method's hyperparameters (see ``available_methods()[name].defaults()``). Deterministic for
+    a given seed on a given device. With ``out`` the set is also saved (plus ``.json`` and
+    ``.png``).
+    """
+    m = get_method(method)
+    if isinstance(ipc, bool) or not isinstance(ipc, int) or ipc < 1:
+        raise PermergeError(f"images per class must be a positive integer, got {ipc!r}")
+    hyper = m.resolve(options)
+    if isinstance(dataset, ImageSet):
+        data, source = dataset, str(dataset.meta.get("spec", dataset.name))
+    else:
+        data, source = load_dataset(dataset, "train", data_root=data_root, seed=seed), str(dataset)
+    if len(data) == 0:
+        raise DataError(f"{data.name}: dataset is empty, nothing to reduce")
+    classes = sorted(int(c) for c in data.labels.unique())
+    _check_sizes(data, classes, ipc, m.name)
+    trained, factory, model_name = _resolve_model(model, data)
+    if m.kind == "coreset" and model is not None and trained is None:
+        raise ModelError(f"{m.name}: --model must be a trained checkpoint, got {model!r} (no such file)")
+    if m.kind == "condensation" and model is not None and trained is None:
+        hyper["net"] = model_name if hyper.get("net", "auto") == "auto" else hyper["net"]
+    dev = torch.device(device)
+    ctx = ReduceContext(
+        data=data,
+        ipc=ipc,
+        classes=classes,
+        generator=torch.Generator().manual_seed(int(seed)),
+        seed=int(seed),
+        device=dev,
+        progress=progress,
+        model=trained if m.kind == "coreset" else None,
+        net_factory=factory,
+        net_name=model_name,
+    )
+    t0 = time.perf_counter()
+    result = m.fn(ctx, **hyper)
+    wall = time.perf_counter() - t0
+    images = result.images.detach().float().cpu().clamp(0.0, 1.0).contiguous()
+    if not bool(torch.isfinite(images).all()):
+        raise FloatingPointError(f"{m.name}: produced non-finite images")
+    info = dict(result.info)
+    meta: dict[str, Any] = {
+        "method": m.name,
+        "kind": m.kind,
+        "ipc": ipc,
+        "seed": int(seed),
+        "source": source,
+        "source_name": data.name,
+        "source_size": len(data),
+        "model": None if model is None else (model_name if isinstance(model, nn.Module) else str(model)),
+        "hyperparameters": hyper,
+        "normalization": data.normalization.to_dict(),
+        "image_shape": list(data.image_shape),
+        "num_classes": data.num_classes,
+        "class_names": list(data.class_names),
+        "classes": classes,
+        "wall_time_s": round(wall, 3),
+        "device": str(dev),
+        "torch": torch.__version__,
+        "host": platform.node(),
+        "threads": torch.get_num_threads(),
+        "info": info,
+    }
+    rs = ReducedSet(
+        images=images,
+        labels=result.labels.long().cpu(),
+        meta=meta,
+        source_indices=None if result.source_indices is None else result.source_indices.long().cpu(),
+        weights=result.weights,
+    )
+    if out is not None:
+        rs.save(out)
+    return rs

@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from permerge.data import ImageSet
+from permerge.reduce import reduce_dataset
+from permerge.reduce.augment import SiameseAugment, default_augment
+from permerge.reduce.condense import gradient_distance
+
+
+def _assert_images_ok(images: torch.Tensor) -> None:
+    assert bool(torch.isfinite(images).all())
+    assert float(images.min()) >= 0.0 and float(images.max()) <= 1.0
+
+
+@pytest.mark.parametrize(
+    ("method", "opts"),
+    [
+        ("dm", {"iterations": 25, "net": "convnet:8", "batch_real": 20, "lr_img": 5.0}),
+        ("dc", {"iterations": 12, "net": "mlp:64", "batch_real": 20}),
+    ],
+)
+def test_condensation_lowers_matching_loss(mnist20: ImageSet, method: str, opts: dict[str, object]) -> None:
+    rs = reduce_dataset(mnist20, method, 1, init="noise", seed=0, progress=False, **opts)
+    hist = rs.meta["info"]["loss_history"]
+    assert len(hist) == opts["iterations"]
+    assert sum(hist[-3:]) / 3 < sum(hist[:3]) / 3
+    _assert_images_ok(rs.images)
+    assert rs.images.shape == (10, 1, 28, 28) and rs.source_indices is None
+    assert rs.labels.tolist() == list(range(10))
+
+
+def test_dsa_runs_and_is_deterministic(mnist20: ImageSet) -> None:
+    opts = {"iterations": 2, "net": "convnet:8", "batch_real": 16, "outer_loop": 2, "inner_loop": 1}
+    a = reduce_dataset(mnist20, "dsa", 2, seed=3, progress=False, **opts)
+    b = reduce_dataset(mnist20, "dsa", 2, seed=3, progress=False, **opts)
+    assert torch.equal(a.images, b.images)
+    _assert_images_ok(a.images)
+    assert "flip" not in a.meta["info"]["augment_ops"]  # grayscale digits: no flip
+
+
+def test_condensation_does_not_touch_global_rng(mnist20: ImageSet) -> None:
+    torch.manual_seed(123)
+    before = torch.rand(3)
+    torch.manual_seed(123)
+    reduce_dataset(mnist20, "dm", 1, iterations=2, net="convnet:4", batch_real=4, progress=False)
+    assert torch.equal(torch.rand(3), before)
+
+
+def test_siamese_augment_is_shared_and_differentiable() -> None:
+    aug = SiameseAugment()
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(4, 1, 12, 12, requires_grad=True)
+    for _ in range(20):
+        p = aug.sample(g)
+        y1, y2 = aug(x, p), aug(x.detach().clone(), p)
+        assert torch.allclose(y1, y2)  # same parameters -> same transform
+        y1.sum().backward()
+    assert x.grad is not None and bool(torch.isfinite(x.grad).all())
+    assert "flip" in default_augment(3).ops and "flip" not in default_augment(1).ops
+
+
+def test_gradient_distance_zero_for_parallel_rows() -> None:
+    w = torch.randn(5, 7)
+    assert float(gradient_distance([w, torch.randn(5)], [3 * w, torch.randn(5)])) == pytest.approx(0, abs=1e-5)
+    assert float(gradient_distance([w], [-w])) == pytest.approx(10, abs=1e-4)
