@@ -271,7 +271,7 @@ def reduce(
     method: Annotated[str, typer.Option("--method", help="random, herding, kcenter, el2n, uncertainty, dc, dsa, dm")],
     ipc: Annotated[int, typer.Option("--ipc", help="images per class")],
     out: Annotated[Path, typer.Option("--out", "-o", help="output .safetensors (a .json and .png are written beside)")],
-    model: Annotated[str | None, typer.Option("--model", help="trained checkpoint (features/scores) or architecture")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="checkpoint or architecture")] = None,
     opt: Annotated[list[str] | None, typer.Option("--opt", help="method hyperparameter key=value")] = None,
     seed: int = 0,
     data_root: DataRoot = None,
