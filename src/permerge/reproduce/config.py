@@ -1,0 +1,154 @@
+"""Experiment configs: one validated, frozen YAML file per reproduced experiment.
+
+A config names the *grid* (dataset pairs x seeds x merge methods x merge data); the planner
+(``plan.py``) expands it into independent runs. ``quick`` holds overrides that shrink any
+experiment to a smoke test (fewer seeds, epochs and steps) so CI can run the real code path.
+"""
+
+from __future__ import annotations
+
+import copy
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ..errors import ConfigError
+from ..train import TrainConfig
+
+DataKind = Literal["none", "full", "reduced"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ReduceGrid(_Frozen):
+    """Reduced merge data: every method at every images-per-class count."""
+
+    methods: tuple[str, ...] = ()
+    ipcs: tuple[int, ...] = (1, 10)
+    options: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per-method hyperparameters")
+    # Coreset features / scores come from the source model trained on that dataset.
+    use_source_model: bool = True
+
+    @field_validator("ipcs")
+    @classmethod
+    def _positive(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if any(k < 1 for k in v):
+            raise ValueError("images per class must be >= 1")
+        return v
+
+
+class MergeEntry(_Frozen):
+    """One merge method, run on each kind of merge data listed in ``data``."""
+
+    method: str
+    data: tuple[DataKind, ...] = ("none",)
+    lam: float = Field(0.5, ge=0, le=1)
+    options: dict[str, Any] = Field(default_factory=dict, description="options with full data")
+    reduced_options: dict[str, Any] | None = Field(None, description="options with reduced data (default: options)")
+    curve: bool = Field(False, description="also record the interpolation curve (first seed only)")
+
+
+class Baselines(_Frozen):
+    sources: bool = True  # each source model on both test sets (and the 'flipped' indicator)
+    joint: bool = True  # one model trained on both training sets: the upper bound
+    reduced_only: bool = True  # a model trained on the reduced merge data alone
+    reduced_only_train: dict[str, Any] = Field(
+        default_factory=lambda: {"epochs": 300, "batch_size": 256, "lr": 0.01, "val_fraction": 0.0}
+    )
+
+
+class ExperimentConfig(_Frozen):
+    name: str
+    description: str = ""
+    model: str
+    pairs: tuple[tuple[str, str], ...]
+    seeds: tuple[int, ...] = (0, 1, 2)
+    # Model B of seed s is trained with seed s + b_seed_offset: two models from one
+    # initialisation share a basin and would flatter naive averaging.
+    b_seed_offset: int = 1000
+    train: dict[str, Any] = Field(default_factory=dict)
+    full_data_per_class: int | None = Field(
+        None, ge=1, description="cap 'full' merge data at this many images per class (None: all)"
+    )
+    reduce: ReduceGrid = Field(default_factory=ReduceGrid)
+    merges: tuple[MergeEntry, ...]
+    baselines: Baselines = Field(default_factory=Baselines)
+    quick: dict[str, Any] = Field(default_factory=dict, description="overrides applied by --quick")
+
+    @field_validator("train")
+    @classmethod
+    def _train_valid(cls, v: dict[str, Any]) -> dict[str, Any]:
+        TrainConfig(**v)  # raises on unknown fields / bad values
+        return v
+
+    @field_validator("pairs")
+    @classmethod
+    def _pairs(cls, v: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+        if not v:
+            raise ValueError("at least one dataset pair is needed")
+        return v
+
+    @model_validator(mode="after")
+    def _methods_known(self) -> ExperimentConfig:
+        from ..merge.core import methods
+        from ..reduce import available_methods
+
+        for m in self.merges:
+            if m.method not in methods():
+                raise ValueError(f"unknown merge method {m.method!r}; known: {', '.join(methods())}")
+        known = available_methods()
+        for r in self.reduce.methods:
+            if r not in known:
+                raise ValueError(f"unknown reduce method {r!r}; known: {', '.join(sorted(known))}")
+        if not self.seeds:
+            raise ValueError("at least one seed is needed")
+        return self
+
+    @property
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(**self.train)
+
+
+def _deep_update(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = _deep_update(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def builtin_experiments() -> list[str]:
+    root = resources.files("permerge") / "configs"
+    return sorted(p.name[: -len(".yaml")] for p in root.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_experiment(name_or_path: str | Path, *, quick: bool = False) -> ExperimentConfig:
+    """A built-in experiment by name (``mnist-fmnist``) or a YAML file; ``quick`` applies its overrides."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"{path}: no such experiment config file")
+        text = path.read_text()
+    else:
+        res = resources.files("permerge") / "configs" / f"{name_or_path}.yaml"
+        if not res.is_file():
+            raise ConfigError(f"unknown experiment {str(name_or_path)!r}; built-in: {', '.join(builtin_experiments())}")
+        text = res.read_text()
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{name_or_path}: invalid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{name_or_path}: an experiment config must be a YAML mapping")
+    if quick:
+        raw = _deep_update(raw, raw.get("quick") or {})
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "config"
+        raise ConfigError(f"{name_or_path}: invalid field {where!r}: {err['msg']}") from None

@@ -1,0 +1,112 @@
+"""Executors run a batch of independent tasks and return their results in order.
+
+The interface is one method, ``run(tasks, ctx, on_result) -> results``; the planner hands over
+one stage at a time (a stage's tasks depend only on earlier stages). Executors register by
+name, so ``--executor ray`` is one more small file (``ray_executor.py``).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import replace
+from typing import Any, Protocol
+
+from ..errors import PermergeError
+from .tasks import RunContext, Task, execute
+
+OnResult = Callable[[Task, dict[str, Any]], None]
+
+
+class Executor(Protocol):
+    name: str
+
+    def run(
+        self, tasks: Sequence[Task], ctx: RunContext, on_result: OnResult | None = None
+    ) -> list[dict[str, Any]]: ...
+
+    def close(self) -> None: ...
+
+
+_EXECUTORS: dict[str, Callable[..., Executor]] = {}
+
+
+def register_executor(name: str) -> Callable[[Callable[..., Executor]], Callable[..., Executor]]:
+    def deco(factory: Callable[..., Executor]) -> Callable[..., Executor]:
+        _EXECUTORS[name] = factory
+        return factory
+
+    return deco
+
+
+def get_executor(name: str, **kwargs: Any) -> Executor:
+    if name == "ray" and "ray" not in _EXECUTORS:
+        from . import ray_executor  # noqa: F401  (registers itself; needs the optional extra)
+    if name not in _EXECUTORS:
+        raise PermergeError(f"unknown executor {name!r}; known: {', '.join(sorted({*_EXECUTORS, 'ray'}))}")
+    return _EXECUTORS[name](**kwargs)
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+@register_executor("local")
+class LocalExecutor:
+    """A process pool sized to the cores (``workers=1``: in this process, simplest to debug).
+
+    Each worker gets ``cores // workers`` torch threads so the machine is used but not
+    oversubscribed. Processes are spawned, not forked: forking a process that already ran
+    torch's thread pools can deadlock.
+    """
+
+    name = "local"
+
+    def __init__(self, workers: int | None = None, address: str | None = None) -> None:
+        if address:
+            raise PermergeError("--address only applies to --executor ray")
+        cores = os.cpu_count() or 1
+        self.workers = max(1, workers or cores)
+        self.threads = max(1, cores // self.workers)
+        self._pool: ProcessPoolExecutor | None = None
+
+    def run(self, tasks: Sequence[Task], ctx: RunContext, on_result: OnResult | None = None) -> list[dict[str, Any]]:
+        ctx = replace(ctx, threads=self.threads)
+        results: list[dict[str, Any] | None] = [None] * len(tasks)
+        if self.workers == 1 or len(tasks) <= 1:
+            import torch
+
+            threads = torch.get_num_threads()
+            try:
+                for i, t in enumerate(tasks):
+                    results[i] = execute(t, ctx)
+                    if on_result:
+                        on_result(t, results[i])  # type: ignore[arg-type]
+            finally:
+                torch.set_num_threads(threads)  # in-process: leave the caller's setting as it was
+            return [r for r in results if r is not None]
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(
+                self.workers, mp_context=mp.get_context("spawn"), initializer=_init_worker, initargs=(self.threads,)
+            )
+        futures: dict[Future[dict[str, Any]], int] = {
+            self._pool.submit(execute, t, ctx): i for i, t in enumerate(tasks)
+        }
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for f in done:
+                i = futures[f]
+                results[i] = f.result()
+                if on_result:
+                    on_result(tasks[i], results[i])  # type: ignore[arg-type]
+        return [r for r in results if r is not None]
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None

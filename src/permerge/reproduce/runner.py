@@ -1,0 +1,108 @@
+"""``reproduce()``: plan an experiment, run its stages on an executor, write the report.
+
+Resumable by construction: finished tasks are found by key and never recomputed, so
+rerunning the same command after a crash or a kill continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .._io import atomic_write_text
+from ..errors import PermergeError
+from ..progress import progress_bar
+from .config import ExperimentConfig, load_experiment
+from .executors import get_executor
+from .plan import make_plan
+from .report import write_report
+from .tasks import RunContext, Task
+
+
+def reproduce(
+    experiment: str | Path | ExperimentConfig,
+    *,
+    out: str | Path,
+    quick: bool = False,
+    executor: str = "local",
+    workers: int | None = None,
+    address: str | None = None,
+    data_root: str | Path | None = None,
+    device: str = "cpu",
+    seeds: list[int] | None = None,
+    progress: bool = True,
+    dry_run: bool = False,
+) -> dict[str, Any]:
+    cfg = experiment if isinstance(experiment, ExperimentConfig) else load_experiment(experiment, quick=quick)
+    if seeds:
+        cfg = cfg.model_copy(update={"seeds": tuple(seeds)})
+    plan = make_plan(cfg)
+    root = Path(out)
+    if dry_run:
+        return {"experiment": cfg.name, "stages": [[t.label for t in s] for s in plan.stages], "tasks": len(plan.tasks)}
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PermergeError(f"cannot create output folder {root}: {e.strerror}") from None
+    if not os.access(root, os.W_OK):
+        raise PermergeError(f"output folder {root} is not writable")
+    atomic_write_text(root / "config.json", json.dumps(cfg.model_dump(), indent=1) + "\n")
+    ctx = RunContext(root=str(root.resolve()), data_root=None if data_root is None else str(data_root), device=device)
+    ex = get_executor(executor, workers=workers, address=address)
+    t0 = time.perf_counter()
+    log = progress and not sys.stderr.isatty()  # a line per run for logs and CI
+    results: dict[str, dict[str, Any]] = {}
+    failed: dict[str, str] = {}
+    try:
+        with progress_bar(len(plan.tasks), f"reproduce {cfg.name}", enabled=progress) as bar:
+            for stage in plan.stages:
+                ready: list[Task] = []
+                for t in stage:
+                    bad = [d for d in t.deps if d in failed]
+                    if bad:
+                        results[t.key] = {
+                            "status": "error",
+                            "error": f"skipped: a run it needs failed ({failed[bad[0]]})",
+                        }
+                        failed[t.key] = results[t.key]["error"]
+                        bar.advance()
+                    else:
+                        ready.append(t)
+
+                def done(t: Task, r: dict[str, Any]) -> None:
+                    results[t.key] = r
+                    if r.get("status") != "ok":
+                        failed[t.key] = f"{t.label}: {r.get('error')}"
+                    bar.advance()
+                    if log:
+                        state = "cached" if r.get("cached") else r.get("status")
+                        extra = f" {r['eval']['mean_acc']:.2f}%" if r.get("status") == "ok" and r.get("eval") else ""
+                        print(
+                            f"[{len(results)}/{len(plan.tasks)} {time.perf_counter() - t0:6.0f}s] "
+                            f"{t.label}: {state}{extra}"
+                            + (f" ({r.get('error')})" if r.get("status") != "ok" else ""),
+                            file=sys.stderr,
+                            flush=True,
+                        )
+
+                ex.run(ready, ctx, on_result=done)
+    finally:
+        ex.close()
+    wall = time.perf_counter() - t0
+    meta = {
+        "finished": sum(1 for r in results.values() if r.get("status") == "ok"),
+        "cached": sum(1 for r in results.values() if r.get("cached")),
+        "failed": len(failed),
+        "wall_seconds": wall,
+        "executor": executor,
+        "host": platform.node(),
+        "cpus": os.cpu_count(),
+        "quick": quick,
+    }
+    report = write_report(root, plan, results, meta)
+    return {"experiment": cfg.name, "out": str(root), **meta, "failures": list(failed.values()), **report}

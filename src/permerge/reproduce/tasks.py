@@ -1,0 +1,279 @@
+"""One experiment run = one :class:`Task`: content-addressed, idempotent, written atomically.
+
+A task's key is a hash of its kind and full parameters (which name the keys of the tasks it
+depends on, so the hash covers the whole chain). Its artifacts live in
+``<root>/runs/<kind>/<key>/`` and ``result.json`` is written last, by rename: a directory
+without it is unfinished and is simply recomputed, a directory with it is never recomputed.
+That is what makes an interrupted grid resumable and lets any executor (a local process
+pool, Ray workers) run tasks in any order within a stage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+RESULT = "result.json"
+
+
+@dataclass(frozen=True)
+class Task:
+    kind: str  # train | reduce | merge | evaluate
+    params: dict[str, Any]
+    deps: tuple[str, ...] = ()
+    cpus: float = 1.0
+    gpus: float = 0.0
+    label: str = ""
+
+    @property
+    def key(self) -> str:
+        blob = json.dumps({"kind": self.kind, "params": self.params}, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def directory(self, root: Path) -> Path:
+        return root / "runs" / self.kind / self.key
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What a task needs from its environment; never part of the task's key."""
+
+    root: str
+    data_root: str | None = None
+    device: str = "cpu"
+    threads: int = 1
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def task_dir(self, kind: str, key: str) -> Path:
+        return Path(self.root) / "runs" / kind / key
+
+
+def load_result(directory: Path) -> dict[str, Any] | None:
+    p = directory / RESULT
+    if not p.is_file():
+        return None
+    try:
+        out = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None  # treat as unfinished; it is rewritten atomically
+    return out if isinstance(out, dict) else None
+
+
+def _write_result(directory: Path, result: dict[str, Any]) -> None:
+    from .._io import atomic_write_text
+
+    atomic_write_text(directory / RESULT, json.dumps(result, indent=1, default=str) + "\n")
+
+
+_RUNNERS: dict[str, Callable[[Task, RunContext, Path], dict[str, Any]]] = {}
+
+
+def _runner(kind: str) -> Callable[[Callable[[Task, RunContext, Path], dict[str, Any]]], Any]:
+    def deco(fn: Callable[[Task, RunContext, Path], dict[str, Any]]) -> Any:
+        _RUNNERS[kind] = fn
+        return fn
+
+    return deco
+
+
+def execute(task: Task, ctx: RunContext) -> dict[str, Any]:
+    """Run ``task`` unless its result exists; never raises (errors come back as a result).
+
+    Errors are not written to disk, so a rerun retries them.
+    """
+    directory = task.directory(Path(ctx.root))
+    done = load_result(directory)
+    if done is not None:
+        return {**done, "cached": True}
+    torch.set_num_threads(max(1, ctx.threads))
+    t0 = time.perf_counter()
+    try:
+        out = _RUNNERS[task.kind](task, ctx, directory)
+    except Exception as e:  # noqa: BLE001 - reported per task; the grid goes on
+        from ..errors import PermergeError
+
+        msg = str(e) if isinstance(e, PermergeError) else f"{type(e).__name__}: {e}"
+        return {
+            "status": "error",
+            "key": task.key,
+            "kind": task.kind,
+            "label": task.label,
+            "error": msg,
+            "traceback": None if isinstance(e, PermergeError) else traceback.format_exc(),
+        }
+    result = {
+        "status": "ok",
+        "key": task.key,
+        "kind": task.kind,
+        "label": task.label,
+        "params": task.params,
+        "wall_seconds": time.perf_counter() - t0,
+        "host": os.uname().nodename,
+        **out,
+    }
+    _write_result(directory, result)
+    return {**result, "cached": False}
+
+
+# --- the four kinds of run ---------------------------------------------------------------
+
+
+@_runner("train")
+def _train(task: Task, ctx: RunContext, directory: Path) -> dict[str, Any]:
+    from .. import api
+
+    p = task.params
+    specs = [_resolve_spec(s, ctx) for s in p["datasets"]]
+    ckpt = api.train(
+        specs[0] if len(specs) == 1 else specs,
+        model=p["model"],
+        seed=p["seed"],
+        out=directory,
+        data_root=ctx.data_root,
+        device=ctx.device,
+        progress=False,
+        **p["train"],
+    )
+    scores = ckpt.meta["scores"]
+    out: dict[str, Any] = {"scores": scores, "train_seconds": ckpt.meta["wall_seconds"]}
+    if p.get("eval"):  # score on a pair's test sets (joint and reduced-only baselines)
+        out["eval"] = api.evaluate_model(ckpt, p["eval"], data_root=ctx.data_root, device=ctx.device)
+    return out
+
+
+@_runner("reduce")
+def _reduce(task: Task, ctx: RunContext, directory: Path) -> dict[str, Any]:
+    from ..reduce import reduce_dataset
+
+    p = task.params
+    model = str(ctx.task_dir("train", p["model"])) if p.get("model") else None
+    path = directory / "reduced.safetensors"
+    rs = reduce_dataset(
+        p["dataset"],
+        p["method"],
+        p["ipc"],
+        model=model,
+        seed=p["seed"],
+        device=ctx.device,
+        progress=False,
+        out=path,
+        data_root=ctx.data_root,
+        **p.get("options", {}),
+    )
+    return {"path": str(path.relative_to(ctx.root)), "reduce_seconds": rs.meta["wall_time_s"], "size": len(rs.labels)}
+
+
+def _resolve_spec(spec: str, ctx: RunContext) -> str:
+    """``reduced-task:<key>`` names a reduce task's output; anything else is a dataset spec."""
+    if spec.startswith("reduced-task:"):
+        return f"reduced:{ctx.task_dir('reduce', spec.split(':', 1)[1]) / 'reduced.safetensors'}"
+    return spec
+
+
+@_runner("evaluate")
+def _evaluate(task: Task, ctx: RunContext, directory: Path) -> dict[str, Any]:
+    from .. import api
+
+    p = task.params
+    scores = api.evaluate_model(
+        str(ctx.task_dir("train", p["model"])), p["datasets"], data_root=ctx.data_root, device=ctx.device
+    )
+    return {"eval": scores}
+
+
+@_runner("merge")
+def _merge(task: Task, ctx: RunContext, directory: Path) -> dict[str, Any]:
+    from .. import api
+    from ..merge.core import aligned_copy, merge_models
+    from ..merge.interpolate import barrier, curve
+    from ..train import evaluate_many
+
+    p = task.params
+    a = api.as_checkpoint(ctx.task_dir("train", p["a"]))
+    b = api.as_checkpoint(ctx.task_dir("train", p["b"]))
+    data_specs = [_resolve_spec(s, ctx) for s in p["data"]] if p["data"] else None
+    md = api.load_merge_data(data_specs, data_root=ctx.data_root, seed=p["seed"])
+    options = dict(p.get("options") or {})
+    if p["method"] in ("ste", "am") and "seed" not in options:
+        options["seed"] = p["seed"]
+    tests = api.test_sets(p["eval"], ctx.data_root)
+    dev = api.resolve_device(ctx.device)
+    result = merge_models(
+        a,
+        b,
+        method=p["method"],
+        lam=p["lam"],
+        data=md,
+        options=options or None,
+        device=dev,
+        progress=False,
+    )
+    scores = evaluate_many(result.model, tests, device=dev)
+    align_info = {k: v for k, v in (result.info.get("align") or {}).items() if k != "history"}
+    out: dict[str, Any] = {
+        "eval": scores,
+        "lam": result.lam,
+        "merge_seconds": result.info["seconds"],
+        "merge_data_size": len(md) if md else 0,
+        "align": align_info,
+    }
+    aligned = aligned_copy(b, result.spec, result.perm) if result.perm is not None and result.spec else b.model
+    if p["method"] != "ensemble":
+        out["criteria"] = _criteria(a, b, aligned, result, p, ctx)
+    if p.get("curve"):
+        lams = [i / 10 for i in range(11)]
+        kind = "ensemble" if p["method"] == "ensemble" else "aligned"
+        rows = curve(
+            a.model,
+            aligned,
+            lams,
+            tests,
+            kind=kind,
+            data=md,
+            bn_reset=bool(result.info.get("bn_reset")),
+            device=str(dev),
+        )
+        out["curve"] = rows
+        out["barrier"] = barrier(rows)
+    return out
+
+
+def _criteria(
+    a: Any, b: Any, aligned: torch.nn.Module, result: Any, p: dict[str, Any], ctx: RunContext
+) -> dict[str, Any]:
+    """Alignment criteria of the permutation used, for the 'does the criterion track the merged
+    loss' analysis: weight distance ||A - pi(B)|| (what WM minimises) and the mean activation
+    correlation of matched units (what AM maximises) on a fixed sample of both training sets."""
+    import copy
+
+    from .. import api
+    from ..align.activation_matching import AMOptions, activation_correlations
+    from ..align.registry import AlignProblem
+    from ..merge.core import spec_for
+
+    sa, sb = a.model.state_dict(), aligned.state_dict()
+    wm_dist = float(
+        sum(float((sa[k].double() - sb[k].double()).pow(2).sum()) for k in sa if sa[k].is_floating_point()) ** 0.5
+    )
+    out: dict[str, Any] = {"wm_distance": wm_dist}
+    spec = result.spec or spec_for(a)
+    if spec.probes:
+        from ..data import parse_spec
+
+        specs = [f"{parse_spec(s).without_sampling()}@100" for s in p["pair"]]
+        probe = api.load_merge_data(specs, data_root=ctx.data_root, seed=12345)
+        problem = AlignProblem(
+            model=copy.deepcopy(a.model), state_a=sa, state_b=sb, spec=spec, data=probe, progress=False
+        )
+        sims = activation_correlations(problem, AMOptions(max_samples=2000))
+        out["am_correlation"] = float(sum(float(s.diagonal().mean()) for s in sims.values()) / len(sims))
+    return out

@@ -1,0 +1,169 @@
+"""``permerge reproduce``: configs validate, grids expand, quick runs finish, kills resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from permerge.errors import ConfigError
+from permerge.reproduce import builtin_experiments, load_experiment
+from permerge.reproduce.plan import make_plan
+from permerge.reproduce.runner import reproduce
+from permerge.reproduce.tasks import Task
+
+
+def test_builtin_configs_validate_and_expand() -> None:
+    assert {"mnist-fmnist", "rotated-mnist", "split-cifar10", "split-mnist"} <= set(builtin_experiments())
+    for name in builtin_experiments():
+        for quick in (False, True):
+            plan = make_plan(load_experiment(name, quick=quick))
+            keys = [t.key for t in plan.tasks]
+            assert len(keys) == len(set(keys)), "every run is planned once"
+            done: set[str] = set()
+            for stage in plan.stages:  # dependencies always sit in an earlier stage
+                assert all(d in done for t in stage for d in t.deps)
+                done |= {t.key for t in stage}
+
+
+def test_full_mnist_fmnist_grid_has_every_required_run() -> None:
+    plan = make_plan(load_experiment("mnist-fmnist"))
+    rows = list(plan.rows.values())
+    assert {r["seed"] for r in rows} == {0, 1, 2}
+    methods = {(r["method"], r["data"]) for r in rows}
+    for m in ("average", "ensemble", "wm", "source A", "source B", "joint"):
+        assert any(x[0] == m for x in methods), m
+    for red in ("random", "herding", "kcenter", "dc", "dsa", "dm"):
+        for ipc in (1, 10):
+            assert ("ste", f"{red}@{ipc}") in methods and ("am", f"{red}@{ipc}") in methods
+            assert ("reduced-only", f"{red}@{ipc}") in methods
+    assert ("ste", "full") in methods and ("am", "full") in methods
+
+
+def test_task_key_is_content_addressed() -> None:
+    a = Task("train", {"datasets": ["mnist"], "seed": 0})
+    assert a.key == Task("train", {"seed": 0, "datasets": ["mnist"]}).key
+    assert a.key != Task("train", {"datasets": ["mnist"], "seed": 1}).key
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("name: x\nmodel: mlp\npairs: [[mnist, fashion-mnist]]\nmerges: [{method: nope}]\n", "unknown merge method"),
+        ("name: x\nmodel: mlp\npairs: [[mnist, fashion-mnist]]\nmerges: [{method: wm}]\nbogus: 1\n", "bogus"),
+        ("name: x\nmodel: mlp\npairs: []\nmerges: [{method: wm}]\n", "pairs"),
+        ("name: x\nmodel: mlp\npairs: [[a, b]]\nmerges: [{method: wm}]\ntrain: {epochs: 0}\n", "train"),
+        ("name: x\nmodel: mlp\npairs: [[a, b]]\nmerges: [{method: wm, lam: 2}]\n", "lam"),
+        ("name: [unclosed\n", "invalid YAML"),
+        ("- just\n- a list\n", "mapping"),
+    ],
+)
+def test_invalid_configs_are_one_line_errors(tmp_path: Path, text: str, needle: str) -> None:
+    p = tmp_path / "bad.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError, match=needle) as e:
+        load_experiment(p)
+    assert "\n" not in str(e.value)
+
+
+def test_unknown_experiment() -> None:
+    with pytest.raises(ConfigError, match="unknown experiment"):
+        load_experiment("no-such-experiment")
+
+
+def _table(path: Path) -> list[dict[str, str]]:
+    """The result rows minus what legitimately differs between runs (timings, cache flags)."""
+    keep = ("pair", "method", "data", "seed", "acc_a", "acc_b", "acc_mean", "loss_mean", "lam", "status")
+    with path.open() as f:
+        rows = [{k: r.get(k, "") for k in keep} for r in csv.DictReader(f)]
+    return sorted(rows, key=lambda r: (r["method"], r["data"], r["seed"]))
+
+
+@pytest.fixture(scope="module")
+def quick_split_mnist(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Path:
+    data = shared_data
+    out = tmp_path_factory.mktemp("split-mnist-quick")
+    r = reproduce("split-mnist", out=out, quick=True, workers=1, data_root=data, progress=False)
+    assert r["failed"] == 0, r["failures"]
+    return out
+
+
+def test_quick_split_mnist_writes_results(quick_split_mnist: Path) -> None:
+    out = quick_split_mnist
+    doc = json.loads((out / "results.json").read_text())
+    by = {(s["method"], s["data"]): s for s in doc["summary"]}
+    # Disjoint classes: each source model scores ~0 on the other half; a merge does both.
+    assert by[("source A", "-")]["acc_b_mean"] < 5 and by[("source A", "-")]["acc_a_mean"] > 80
+    assert by[("wm", "none")]["acc_mean_mean"] > by[("source A", "-")]["acc_mean_mean"]
+    assert ("ste", "full") in by and ("ste", "random@2") in by and ("reduced-only", "random@2") in by
+    md = (out / "results.md").read_text()
+    assert "| ste | full |" in md and "gain over WM" in md
+    assert any(p.suffix == ".png" for p in out.iterdir())
+
+
+def test_rerun_reuses_every_finished_run(quick_split_mnist: Path, shared_data: Path) -> None:
+    data = shared_data
+    before = _table(quick_split_mnist / "results.csv")
+    r = reproduce("split-mnist", out=quick_split_mnist, quick=True, workers=1, data_root=data, progress=False)
+    assert r["cached"] == r["finished"] > 0
+    assert _table(quick_split_mnist / "results.csv") == before
+
+
+def test_quick_mnist_fmnist_smoke(tmp_path: Path, shared_data: Path) -> None:
+    data = shared_data
+    r = reproduce("mnist-fmnist", out=tmp_path, quick=True, workers=1, data_root=data, progress=False)
+    assert r["failed"] == 0, r["failures"]
+    by = {(s["method"], s["data"]): s for s in r["summary"]}
+    assert {("wm", "none"), ("am", "full"), ("ste", "full"), ("ste", "dm@2"), ("joint", "full")} <= set(by)
+    assert (tmp_path / "interpolation_mnist-200-vs-fashion-mnist-200.png").is_file()
+
+
+@pytest.mark.slow
+def test_sigkill_mid_grid_then_resume_equals_uninterrupted(
+    quick_split_mnist: Path, tmp_path: Path, shared_data: Path
+) -> None:
+    """Kill a real ``permerge reproduce`` process mid-way; the rerun finishes the same table."""
+    data = shared_data
+    out = tmp_path / "killed"
+    env = {**os.environ, "PERMERGE_DATA": str(data), "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "permerge.cli",
+        "reproduce",
+        "split-mnist",
+        "--quick",
+        "--workers",
+        "1",
+        "-q",
+        "--out",
+        str(out),
+    ]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if len(list((out / "runs").glob("*/*/result.json"))) >= 3:
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, "finished before it could be killed: " + proc.stderr.read().decode()[-500:]
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    n_done = len(list((out / "runs").glob("*/*/result.json")))
+    assert not (out / "results.csv").exists()
+    for p in (out / "runs").glob("*/*/result.json"):  # whatever exists is complete JSON
+        json.loads(p.read_text())
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    report = json.loads((out / "results.json").read_text())
+    assert report["meta"]["cached"] >= n_done
+    assert _table(out / "results.csv") == _table(quick_split_mnist / "results.csv")
+    assert not list(out.rglob("*.tmp")), "no temp files left behind"
