@@ -54,12 +54,26 @@ def main() -> None:
             r = api.merge(a, b, method=method, data=data, options=opts, seed=seed, progress=False)
             wall = time.perf_counter() - t0
             per = {k: v["acc"] for k, v in r["scores"]["per_dataset"].items()}
-            rows.append({"seed": seed, "method": method, "mean_acc": r["scores"]["mean_acc"], **per,
-                         "merge_seconds": r["info"]["seconds"], "wall_seconds": wall})
-            print(f"seed {seed} {method:8s} mean {r['scores']['mean_acc']:6.2f}  "
-                  + "  ".join(f"{k} {v:5.1f}" for k, v in per.items()) + f"  {r['info']['seconds']:6.1f}s", flush=True)
-    print(f"\nsummary over seeds {args.seeds} (STE: {args.steps} steps, lr {args.lr}, {args.ipc}/class, "
-          f"{args.threads} threads)")
+            rows.append(
+                {
+                    "seed": seed,
+                    "method": method,
+                    "mean_acc": r["scores"]["mean_acc"],
+                    **per,
+                    "merge_seconds": r["info"]["seconds"],
+                    "wall_seconds": wall,
+                }
+            )
+            print(
+                f"seed {seed} {method:8s} mean {r['scores']['mean_acc']:6.2f}  "
+                + "  ".join(f"{k} {v:5.1f}" for k, v in per.items())
+                + f"  {r['info']['seconds']:6.1f}s",
+                flush=True,
+            )
+    print(
+        f"\nsummary over seeds {args.seeds} (STE: {args.steps} steps, lr {args.lr}, {args.ipc}/class, "
+        f"{args.threads} threads)"
+    )
     for method in args.methods:
         accs = [r["mean_acc"] for r in rows if r["method"] == method]
         secs = [r["merge_seconds"] for r in rows if r["method"] == method]

@@ -35,8 +35,9 @@ def _pair(arch: str, shape: tuple[int, int, int], trained_root: str | None) -> t
             from permerge.data import load_dataset
             from permerge.train import TrainConfig, train_model
 
-            train_model(m, load_dataset(ds, data_root=trained_root), TrainConfig(epochs=1, lr=0.05), seed=seed,
-                        progress=False)
+            train_model(
+                m, load_dataset(ds, data_root=trained_root), TrainConfig(epochs=1, lr=0.05), seed=seed, progress=False
+            )
         models.append(m.eval())
     return models[0], models[1]
 
@@ -81,8 +82,10 @@ def main() -> None:
         ours = [run_permerge(a, b, shape) for _ in range(args.repeats)]
         peer = [run_rebasin(a, b, shape) for _ in range(args.repeats)]
         row = {
-            "model": arch, "l2_before": before,
-            "permerge_seconds": min(s for s, _ in ours), "permerge_l2_after": ours[0][1],
+            "model": arch,
+            "l2_before": before,
+            "permerge_seconds": min(s for s, _ in ours),
+            "permerge_l2_after": ours[0][1],
         }
         if isinstance(peer[0], tuple):
             row["rebasin_seconds"] = min(p[0] for p in peer if isinstance(p, tuple))
@@ -92,10 +95,16 @@ def main() -> None:
             row["rebasin"] = peer[0]
         results.append(row)
         if not args.json:
-            print(f"{arch:22s} L2 before {before:9.2f} | permerge {row['permerge_seconds']:7.2f}s L2 "
-                  f"{row['permerge_l2_after']:9.2f} | " + (
-                      f"rebasin {row['rebasin_seconds']:7.2f}s L2 {row['rebasin_l2_after']:9.2f} | "
-                      f"speedup x{row['speedup']:.1f}" if "speedup" in row else f"rebasin {row['rebasin']}"))
+            print(
+                f"{arch:22s} L2 before {before:9.2f} | permerge {row['permerge_seconds']:7.2f}s L2 "
+                f"{row['permerge_l2_after']:9.2f} | "
+                + (
+                    f"rebasin {row['rebasin_seconds']:7.2f}s L2 {row['rebasin_l2_after']:9.2f} | "
+                    f"speedup x{row['speedup']:.1f}"
+                    if "speedup" in row
+                    else f"rebasin {row['rebasin']}"
+                )
+            )
     if args.json:
         print(json.dumps(results, indent=2))
 

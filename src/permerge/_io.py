@@ -8,22 +8,47 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from .errors import OutputError
+
+
+def _unwritable(target: Path, e: OSError) -> OutputError:
+    return OutputError(f"cannot write {target}: {e.strerror or e}")
+
+
+def ensure_dir(path: str | os.PathLike[str]) -> Path:
+    """Create an output folder; an unusable destination is the user's to fix, not a traceback."""
+    p = Path(path)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"cannot create output folder {p}: {e.strerror or e}") from None
+    return p
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` only on success.
 
     The temp file lives in the same directory so the final ``os.replace`` is atomic, and an
-    exception (or Ctrl-C) leaves the previous content of ``path`` untouched.
+    exception (or Ctrl-C) leaves the previous content of ``path`` untouched. A destination
+    that cannot be written at all (read-only folder, a file where a folder should be, a
+    folder where the file should go) raises :class:`OutputError`; errors raised by the
+    caller's writing code pass through unchanged.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    ensure_dir(target.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as e:
+        raise _unwritable(target, e) from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        os.replace(tmp_path, target)
+        try:
+            os.replace(tmp_path, target)
+        except OSError as e:
+            raise _unwritable(target, e) from None
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()

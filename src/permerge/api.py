@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 from safetensors.torch import save_file
 
-from ._io import atomic_path, atomic_write_text
-from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from ._io import atomic_path, atomic_write_text, ensure_dir
+from .checkpoint import Checkpoint, check_compatible, check_inputs, load_checkpoint, save_checkpoint
 from .data import ImageSet, load_dataset, parse_spec
+from .data.imageset import concat
 from .data.mergedata import MergeData
 from .errors import PermergeError
 from .merge import merge_many as _merge_many
@@ -73,7 +75,7 @@ def datasets_of(ckpt: Checkpoint) -> list[str]:
 
 
 def train(
-    dataset: str,
+    dataset: str | Sequence[str],
     *,
     model: str = "mlp",
     seed: int = 0,
@@ -83,9 +85,22 @@ def train(
     progress: bool = True,
     **train_options: Any,
 ) -> Checkpoint:
-    """Train ``model`` on ``dataset`` (train split minus a validation part); save if ``out``."""
-    cfg = TrainConfig(**train_options)
-    data = load_dataset(dataset, "train", data_root=data_root, seed=seed)
+    """Train ``model`` on ``dataset`` (train split minus a validation part); save if ``out``.
+
+    Several datasets train one model jointly on their union (the upper bound a merge is
+    compared with); the model is then scored on each of their test sets.
+    """
+    try:
+        cfg = TrainConfig(**train_options)
+    except ValidationError as e:  # one line for the CLI, not pydantic's multi-line report
+        err = e.errors()[0]
+        raise PermergeError(f"invalid training option {'.'.join(map(str, err['loc']))!r}: {err['msg']}") from None
+    specs = [dataset] if isinstance(dataset, str) else list(dataset)
+    if not specs:
+        raise PermergeError("train needs at least one dataset")
+    parts = [load_dataset(s, "train", data_root=data_root, seed=seed) for s in specs]
+    data = parts[0] if len(parts) == 1 else concat(parts)
+    dataset = "+".join(specs)
     split = train_val_split(data, cfg.val_fraction, seed=0)  # same validation part for every seed
     mcfg = model_config_for(model, data.image_shape)
     torch.manual_seed(seed)
@@ -100,11 +115,15 @@ def train(
     if split.val is not None:
         scores["val"] = evaluate(net, split.val)
     try:
-        scores["test"] = evaluate(net, load_dataset(test_spec(dataset), "test", data_root=data_root))
+        if len(specs) == 1:
+            scores["test"] = evaluate(net, load_dataset(test_spec(specs[0]), "test", data_root=data_root))
+        else:
+            scores["test"] = evaluate_many(net, test_sets(specs, data_root))
     except PermergeError as e:  # e.g. a user npz without a test part
         scores["test"] = {"error": str(e)}
     meta = {
         "dataset": dataset,
+        **({"datasets": specs} if len(specs) > 1 else {}),
         "seed": seed,
         "train": cfg.model_dump(),
         "normalization": data.normalization.to_dict(),
@@ -128,7 +147,9 @@ def evaluate_model(
 ) -> dict[str, Any]:
     ckpt = as_checkpoint(model)
     specs = list(datasets) if datasets else datasets_of(ckpt)
-    return evaluate_many(ckpt.model, test_sets(specs, data_root), device=resolve_device(device))
+    sets = test_sets(specs, data_root)
+    check_inputs(ckpt, sets)
+    return evaluate_many(ckpt.model, sets, device=resolve_device(device))
 
 
 def load_merge_data(
@@ -172,6 +193,8 @@ def merge(
     md = data if isinstance(data, MergeData) or data is None else load_merge_data(data, data_root=data_root, seed=seed)
     eval_specs = list(datasets) if datasets else list(dict.fromkeys(datasets_of(ca) + datasets_of(cb)))
     tests = test_sets(eval_specs, data_root)  # fail on an unknown dataset before the slow part
+    check_compatible(ca, cb)  # a mismatch of architectures is the clearer message; then the data
+    check_inputs(ca, [*tests, *(md.sources if md else ())])
     dev = resolve_device(device)
     if method == "ste" and options is not None and "seed" not in options:
         options = {**options, "seed": seed}
@@ -204,7 +227,7 @@ def merge(
     if out is not None:
         out_dir = Path(out)
         if method == "ensemble":
-            out_dir.mkdir(parents=True, exist_ok=True)
+            ensure_dir(out_dir)
         else:
             save_checkpoint(
                 out_dir, result.model, ca.config, {"datasets": eval_specs, "permerge_kind": "merged", **report}
@@ -240,6 +263,8 @@ def interpolate(
     md = load_merge_data(data, data_root=data_root, seed=seed)
     eval_specs = list(datasets) if datasets else list(dict.fromkeys(datasets_of(ca) + datasets_of(cb)))
     tests = test_sets(eval_specs, data_root)
+    check_compatible(ca, cb)  # a mismatch of architectures is the clearer message; then the data
+    check_inputs(ca, [*tests, *(md.sources if md else ())])
     dev = resolve_device(device)
     from .merge.bn import has_batchnorm
 
@@ -279,8 +304,7 @@ def interpolate(
         }
     )
     if out is not None:
-        out_dir = Path(out)
-        out_dir.mkdir(parents=True, exist_ok=True)
+        out_dir = ensure_dir(out)
         write_csv(rows, out_dir / "interpolation.csv")
         plot(rows, out_dir / "interpolation.png", f"{Path(str(ca.path)).name} -> {Path(str(cb.path)).name} ({method})")
         atomic_write_text(out_dir / "interpolation.json", json.dumps(report, indent=2) + "\n")
@@ -303,6 +327,7 @@ def merge_many(
     eval_specs = list(datasets) if datasets else list(dict.fromkeys(d for c in ckpts for d in datasets_of(c)))
     tests = test_sets(eval_specs, data_root)
     merged, _, info = _merge_many(ckpts, seed=seed)
+    check_inputs(ckpts[0], tests)
     scores = evaluate_many(merged, tests)
     report = _jsonable({"method": "merge-many/wm", "models": [str(c.path) for c in ckpts], "scores": scores, **info})
     if out is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ._io import atomic_path, atomic_write_text
+from ._io import atomic_path
 from .errors import ModelError
 from .models import ModelConfig, build_model
 
@@ -61,9 +62,11 @@ def save_checkpoint(
     # the config always describes the weights being written; a stale "config" in meta must not win
     record = {"config": config.model_dump(mode="json"), **{k: v for k, v in (meta or {}).items() if k != "config"}}
     try:
-        with atomic_path(out / WEIGHTS) as tmp:
-            save_file(state, str(tmp), metadata={"format": "pt", "arch": config.arch})
-        atomic_write_text(out / META, json.dumps(record, indent=2, default=str) + "\n")
+        # both files are staged before either is renamed into place, so a failure part-way
+        # never pairs new weights with an old model.json (or the reverse)
+        with atomic_path(out / WEIGHTS) as tmp_weights, atomic_path(out / META) as tmp_meta:
+            save_file(state, str(tmp_weights), metadata={"format": "pt", "arch": config.arch})
+            tmp_meta.write_text(json.dumps(record, indent=2, default=str) + "\n")
     except OSError as e:
         raise ModelError(f"cannot write checkpoint to {out}: {e.strerror or e}") from e
     return out
@@ -116,8 +119,12 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     except ValidationError as e:
         raise ModelError(f"{meta_path}: invalid architecture config ({e.errors()[0]['msg']})") from None
     state = _read_state(weights)
+    # check keys and shapes against a storage-free skeleton first: a crafted model.json
+    # must not make us allocate a huge model before the weights file is found not to match
+    with torch.device("meta"):
+        skeleton = build_model(config)
+    validate_state(skeleton, state, str(weights))
     model = build_model(config)
-    validate_state(model, state, str(weights))
     model.load_state_dict(state)
     model.eval()
     return Checkpoint(model=model, config=config, meta=meta, path=p)
@@ -136,6 +143,10 @@ def validate_state(model: nn.Module, state: dict[str, torch.Tensor], where: str)
             raise ModelError(
                 f"{where}: tensor {k!r} has shape {tuple(state[k].shape)}, architecture expects {tuple(v.shape)}"
             )
+        # float16/float64 weights are cast on load, but integer, bool or complex data in place
+        # of float weights (or the reverse) is not a model of this architecture
+        if state[k].is_floating_point() != v.is_floating_point() or state[k].is_complex():
+            raise ModelError(f"{where}: tensor {k!r} has dtype {state[k].dtype}, architecture expects {v.dtype}")
     check_finite(state, where)
 
 
@@ -145,3 +156,15 @@ def check_compatible(a: Checkpoint, b: Checkpoint) -> None:
         da, db = a.config.model_dump(), b.config.model_dump()
         diff = {k: (da[k], db[k]) for k in da if da[k] != db[k]}
         raise ModelError(f"models have different architectures: {diff}")
+
+
+def check_inputs(ckpt: Checkpoint, sets: Iterable[Any]) -> None:
+    """Refuse data whose image shape is not the one the model was built for (e.g. CIFAR-10
+    for an MNIST model); otherwise the first layer fails with a bare matrix-shape error."""
+    want = tuple(ckpt.config.in_shape)
+    for s in sets:
+        if tuple(s.image_shape) != want:
+            raise ModelError(
+                f"{ckpt.path or ckpt.config.describe()}: model takes images of shape {want}, "
+                f"but {s.name} has {tuple(s.image_shape)}"
+            )

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from . import api
@@ -62,7 +63,8 @@ def _options(pairs: list[str] | None) -> dict[str, Any] | None:
 @app.command()
 def train(
     dataset: Annotated[
-        str, typer.Option("--dataset", "-d", help="dataset spec, e.g. mnist, cifar10[0-4], rotated-mnist:45")
+        list[str],
+        typer.Option("--dataset", "-d", help="dataset spec, e.g. mnist, cifar10[0-4]; repeat to train jointly"),
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="output folder for model.safetensors + model.json")],
     model: Annotated[
@@ -86,9 +88,9 @@ def train(
 ) -> None:
     """Train a model on one dataset (a validation part is held out) and save it."""
     if augment is None:
-        augment = dataset.startswith(("cifar", "npz", "folder")) and "mnist" not in dataset
+        augment = all(d.startswith(("cifar", "npz", "folder")) and "mnist" not in d for d in dataset)
     ckpt = api.train(
-        dataset,
+        dataset[0] if len(dataset) == 1 else dataset,
         model=model,
         seed=seed,
         out=out,
@@ -283,12 +285,78 @@ def reduce(
     from .reduce import reduce_dataset
 
     dev = str(api.resolve_device(device))
-    r = reduce_dataset(dataset, method, ipc, model=model, seed=seed, device=dev, progress=not quiet and not json_out,
-                       out=out, data_root=data_root, **(_options(opt) or {}))
+    r = reduce_dataset(
+        dataset,
+        method,
+        ipc,
+        model=model,
+        seed=seed,
+        device=dev,
+        progress=not quiet and not json_out,
+        out=out,
+        data_root=data_root,
+        **(_options(opt) or {}),
+    )
     if json_out:
         print(json.dumps({"out": str(out), **r.meta}, default=str))
         return
     console.print(f"{method} reduced {dataset} to {ipc} images per class -> {out} (use as reduced:{out})")
+
+
+@app.command()
+def reproduce(
+    experiment: Annotated[
+        str, typer.Argument(help="mnist-fmnist, rotated-mnist, split-cifar10, split-mnist, or a YAML file")
+    ],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="default: runs/reproduce/<name>[-quick]")] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="the config's reduced version (CI smoke run)")] = False,
+    executor: Annotated[str, typer.Option("--executor", help="local (process pool) or ray")] = "local",
+    workers: Annotated[int | None, typer.Option("--workers", help="parallel runs (default: all cores)")] = None,
+    address: Annotated[str | None, typer.Option("--address", help="ray: auto or HOST:PORT")] = None,
+    seeds: Annotated[str | None, typer.Option("--seeds", help="override the seeds, e.g. 0,1")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="list the runs and stop")] = False,
+    data_root: DataRoot = None,
+    device: Device = "cpu",
+    quiet: Quiet = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Run an experiment grid (resumable: finished runs are reused) and write results + plots."""
+    from .reproduce.runner import reproduce as run
+
+    seed_list = [int(x) for x in seeds.split(",")] if seeds else None
+    name = Path(experiment).stem if experiment.endswith((".yaml", ".yml")) else experiment
+    target = out or Path("runs/reproduce") / (name + ("-quick" if quick else ""))
+    r = run(
+        experiment,
+        out=target,
+        quick=quick,
+        executor=executor,
+        workers=workers,
+        address=address,
+        data_root=data_root,
+        device=device,
+        seeds=seed_list,
+        progress=not quiet and not json_out,
+        dry_run=dry_run,
+    )
+    if dry_run:
+        if json_out:
+            print(json.dumps(r))
+        else:
+            for i, stage in enumerate(r["stages"], 1):
+                console.print(f"stage {i}: {len(stage)} runs")
+                for label in stage:
+                    console.print(f"  {label}")
+        return
+    if json_out:
+        print(json.dumps({k: r[k] for k in ("experiment", "out", "finished", "cached", "failed", "wall_seconds")}))
+    else:
+        print((Path(r["out"]) / "results.md").read_text())  # plain: rich would eat [brackets]
+        console.print(
+            f"{r['finished']} runs ({r['cached']} reused), {r['failed']} failed, {r['wall_seconds']:.0f}s -> {r['out']}"
+        )
+    if r["failed"]:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -382,7 +450,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=args, standalone_mode=False)
     except PermergeError as e:
-        err_console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        # escape: a message quoting "mnist[0-4]" or a path with brackets is not rich markup
+        err_console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except (typer.Abort, KeyboardInterrupt):
         err_console.print("interrupted")
@@ -390,7 +459,7 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as e:
         # click usage errors (typer vendors click) carry their own message and exit code
         if hasattr(e, "exit_code") and hasattr(e, "format_message"):
-            err_console.print(f"[red]error:[/red] {e.format_message()}", highlight=False, soft_wrap=True)
+            err_console.print(f"[red]error:[/red] {escape(e.format_message())}", highlight=False, soft_wrap=True)
             sys.exit(int(e.exit_code))
         raise
 

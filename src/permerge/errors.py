@@ -22,3 +22,11 @@ class ModelError(PermergeError):
 
 class AlignmentError(PermergeError):
     """A permutation spec cannot be derived or applied."""
+
+
+class OutputError(PermergeError):
+    """An output file or folder cannot be created or written (read-only, a file in the way)."""
+
+
+class ConfigError(PermergeError):
+    """An experiment config (YAML) is invalid."""

@@ -26,10 +26,26 @@ def trained_pair(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> t
     """MLP 784-64-64-10 on 2,000 MNIST and 2,000 Fashion-MNIST images (different init seeds)."""
     out = tmp_path_factory.mktemp("pair")
     torch.set_num_threads(min(2, os.cpu_count() or 1))
-    api.train("mnist@200", model="mlp:64x64", seed=0, epochs=8, out=out / "a", data_root=data_root,
-                  progress=False, val_fraction=0.1)
-    api.train("fashion-mnist@200", model="mlp:64x64", seed=1, epochs=8, out=out / "b", data_root=data_root,
-                  progress=False, val_fraction=0.1)
+    api.train(
+        "mnist@200",
+        model="mlp:64x64",
+        seed=0,
+        epochs=8,
+        out=out / "a",
+        data_root=data_root,
+        progress=False,
+        val_fraction=0.1,
+    )
+    api.train(
+        "fashion-mnist@200",
+        model="mlp:64x64",
+        seed=1,
+        epochs=8,
+        out=out / "b",
+        data_root=data_root,
+        progress=False,
+        val_fraction=0.1,
+    )
     return load_checkpoint(out / "a"), load_checkpoint(out / "b")
 
 

@@ -14,8 +14,9 @@ import pytest
 
 def run(*args: str, data_root: Path, ok: bool = True) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PERMERGE_DATA": str(data_root), "PERMERGE_OFFLINE": "1", "OMP_NUM_THREADS": "2"}
-    p = subprocess.run([sys.executable, "-m", "permerge.cli", *args], capture_output=True, text=True, env=env,
-                       timeout=300)
+    p = subprocess.run(
+        [sys.executable, "-m", "permerge.cli", *args], capture_output=True, text=True, env=env, timeout=300
+    )
     if ok:
         assert p.returncode == 0, p.stderr
     return p
@@ -25,8 +26,21 @@ def run(*args: str, data_root: Path, ok: bool = True) -> subprocess.CompletedPro
 def two_models(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     out = tmp_path_factory.mktemp("cli")
     for name, ds, seed in (("a", "mnist@30", "0"), ("b", "fashion-mnist@30", "1")):
-        p = run("train", "--dataset", ds, "--model", "mlp:32", "--epochs", "2", "--seed", seed, "--out",
-                str(out / name), "--json", data_root=data_root)
+        p = run(
+            "train",
+            "--dataset",
+            ds,
+            "--model",
+            "mlp:32",
+            "--epochs",
+            "2",
+            "--seed",
+            seed,
+            "--out",
+            str(out / name),
+            "--json",
+            data_root=data_root,
+        )
         meta = json.loads(p.stdout)
         assert meta["dataset"] == ds and "test" in meta["scores"]
         assert (out / name / "model.safetensors").is_file()
@@ -40,15 +54,20 @@ def test_eval_json(two_models: tuple[Path, Path], data_root: Path) -> None:
     assert r["mean_acc"] == pytest.approx(sum(v["acc"] for v in r["per_dataset"].values()) / 2)
 
 
-@pytest.mark.parametrize("method,extra", [("average", []), ("wm", []),
-                                          ("ste", ["--data", "mnist@5", "--data", "fashion-mnist@5",
-                                                   "--opt", "steps=5"])])
-def test_merge_writes_model_and_report(two_models: tuple[Path, Path], data_root: Path, tmp_path: Path,
-                                       method: str, extra: list[str]) -> None:
+@pytest.mark.parametrize(
+    "method,extra",
+    [("average", []), ("wm", []), ("ste", ["--data", "mnist@5", "--data", "fashion-mnist@5", "--opt", "steps=5"])],
+)
+def test_merge_writes_model_and_report(
+    two_models: tuple[Path, Path], data_root: Path, tmp_path: Path, method: str, extra: list[str]
+) -> None:
     a, b = two_models
     out = tmp_path / "merged"
-    r = json.loads(run("merge", str(a), str(b), "--method", method, *extra, "--out", str(out), "--json",
-                       data_root=data_root).stdout)
+    r = json.loads(
+        run(
+            "merge", str(a), str(b), "--method", method, *extra, "--out", str(out), "--json", data_root=data_root
+        ).stdout
+    )
     assert r["method"] == method and set(r["scores"]["per_dataset"]) == {"mnist", "fashion-mnist"}
     assert (out / "model.safetensors").is_file() and (out / "merge.json").is_file()
     if method != "average":
@@ -60,8 +79,21 @@ def test_merge_writes_model_and_report(two_models: tuple[Path, Path], data_root:
 
 def test_interpolate_writes_csv_and_plot(two_models: tuple[Path, Path], data_root: Path, tmp_path: Path) -> None:
     a, b = two_models
-    r = json.loads(run("interpolate", str(a), str(b), "--method", "wm", "--points", "5", "--out", str(tmp_path),
-                       "--json", data_root=data_root).stdout)
+    r = json.loads(
+        run(
+            "interpolate",
+            str(a),
+            str(b),
+            "--method",
+            "wm",
+            "--points",
+            "5",
+            "--out",
+            str(tmp_path),
+            "--json",
+            data_root=data_root,
+        ).stdout
+    )
     assert set(r["barriers"]) == {"naive", "aligned", "ensemble"}
     assert (tmp_path / "interpolation.csv").read_text().count("\n") == 1 + 3 * 5
     assert (tmp_path / "interpolation.png").read_bytes()[:4] == b"\x89PNG"
@@ -82,8 +114,19 @@ def test_user_errors_are_one_line(two_models: tuple[Path, Path], data_root: Path
     _assert_user_error(run("merge", str(a), str(tmp_path / "nope"), data_root=data_root, ok=False), "no such model")
     # a model of another width
     other = tmp_path / "c"
-    run("train", "--dataset", "mnist@5", "--model", "mlp:16", "--epochs", "1", "--out", str(other), "-q",
-        data_root=data_root)
+    run(
+        "train",
+        "--dataset",
+        "mnist@5",
+        "--model",
+        "mlp:16",
+        "--epochs",
+        "1",
+        "--out",
+        str(other),
+        "-q",
+        data_root=data_root,
+    )
     _assert_user_error(run("merge", str(a), str(other), data_root=data_root, ok=False), "different architectures")
 
 

@@ -34,8 +34,9 @@ def test_am_recovers_known_permutation_from_data(trained_pair, merge_data: Merge
 
 def test_ste_lowers_midpoint_loss_and_beats_naive(trained_pair, merge_data: MergeData) -> None:
     a, b = trained_pair
-    r = merge_models(a, b, method="ste", data=merge_data, options={"steps": 120, "lr": 0.5, "eval_every": 5},
-                     progress=False)
+    r = merge_models(
+        a, b, method="ste", data=merge_data, options={"steps": 120, "lr": 0.5, "eval_every": 5}, progress=False
+    )
     info = r.info["align"]
     assert info["score_loss_best"] < info["score_loss_initial"]  # better than its WM start
     naive = merge_models(a, b, method="average", progress=False)
@@ -115,8 +116,9 @@ def test_merge_many_of_permuted_copies_is_the_model() -> None:
     copies = [base]
     for s in (1, 2):
         c = copy.deepcopy(base)
-        c.model.load_state_dict(apply_permutation(spec, spec.random(torch.Generator().manual_seed(s)),
-                                                  base.model.state_dict()))
+        c.model.load_state_dict(
+            apply_permutation(spec, spec.random(torch.Generator().manual_seed(s)), base.model.state_dict())
+        )
         copies.append(c)
     merged, _, info = merge_many(copies)
     x = torch.randn(8, 1, 28, 28)

@@ -204,8 +204,10 @@ def fetch(dataset: str) -> Path:
         try:
             target = cache / src.subdirs[0]
             for fname, md5 in src.md5.items():
-                if not (target / fname).is_file():
-                    download(mirror + fname, target / fname, md5)
+                cached = target / fname
+                # a file left in the cache (copied in, or tampered with) is re-checked, never trusted
+                if not cached.is_file() or md5_of(cached) != md5:
+                    download(mirror + fname, cached, md5)
             if dataset == "cifar10":
                 return _unpack_cifar(target / "cifar-10-binary.tar.gz", cache)
             return target

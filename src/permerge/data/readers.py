@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import math
 import struct
 import zlib
 from pathlib import Path
@@ -39,11 +40,13 @@ def read_idx(path: Path) -> np.ndarray:
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
         raise DataError(f"{path}: not an IDX file (wrong magic {data[:4].hex() or 'empty'})")
     ndim = data[3]
+    if ndim == 0:
+        raise DataError(f"{path}: IDX header declares no dimensions")
     header = 4 + 4 * ndim
     if len(data) < header:
         raise DataError(f"{path}: truncated IDX header")
     dims = struct.unpack(f">{ndim}I", data[4:header])
-    expected = int(np.prod(dims)) if dims else 0
+    expected = math.prod(dims)  # exact: np.prod would wrap around on crafted huge dimensions
     if len(data) - header != expected:
         raise DataError(
             f"{path}: IDX size mismatch: header says {dims} ({expected} bytes), file holds {len(data) - header}"
@@ -92,6 +95,8 @@ def _to_uint8_nchw(x: np.ndarray, where: str) -> np.ndarray:
         x = x.reshape(-1, 1, side, side)
     if x.ndim != 4:
         raise DataError(f"{where}: images must be N x H x W or N x C x H x W, got shape {x.shape}")
+    if x.dtype.kind not in "biuf":  # strings, objects, complex: not pixel values
+        raise DataError(f"{where}: images must be integers or floats, got dtype {x.dtype}")
     if x.dtype != np.uint8:
         xf = x.astype(np.float64)
         if not np.isfinite(xf).all():
@@ -116,6 +121,8 @@ def read_npz(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     except (OSError, ValueError) as e:
         raise DataError(f"{path}: not a readable npz file ({e})") from e
     x = _to_uint8_nchw(x, str(path))
+    if len(x) == 0:
+        raise DataError(f"{path}: npz holds no images")
     y = np.asarray(y).reshape(-1)
     if not np.issubdtype(y.dtype, np.integer):
         raise DataError(f"{path}: labels must be integers, got {y.dtype}")

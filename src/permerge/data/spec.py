@@ -46,6 +46,7 @@ CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
 ALIASES = {"fmnist": "fashion-mnist", "fashion_mnist": "fashion-mnist", "cifar-10": "cifar10", "mnist5k": "mnist-5k"}
 NAMED = ("mnist", "fashion-mnist", "cifar10", "mnist-5k")
 
+MAX_CLASS_ID = 999
 _SPEC_RE = re.compile(r"^(?P<base>[^\[@]+?)(?:\[(?P<classes>[^\]]*)\])?(?:@(?P<k>[^@\[\]]+))?$")
 
 
@@ -78,6 +79,8 @@ def _parse_classes(text: str, spec: str) -> tuple[int, ...]:
         if not m:
             raise DataError(f"bad class list {text!r} in dataset spec {spec!r} (use e.g. [0-4] or [1,3,5])")
         lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+        if hi > MAX_CLASS_ID:  # no dataset has that many classes; [0-99999999] would be a huge list
+            raise DataError(f"class id {hi} out of range (0-{MAX_CLASS_ID}) in dataset spec {spec!r}")
         if hi < lo:
             raise DataError(f"empty class range {part!r} in dataset spec {spec!r}")
         out.extend(range(lo, hi + 1))

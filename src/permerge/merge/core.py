@@ -139,7 +139,7 @@ def merge_models(
     """
     if method not in methods():
         raise PermergeError(f"unknown merge method {method!r}; known: {', '.join(methods())}")
-    if isinstance(lam, str) and lam != "auto":
+    if isinstance(lam, bool) or (isinstance(lam, str) and lam != "auto"):  # True would pass as 1.0
         raise PermergeError(f"--lam must be a number in [0, 1] or 'auto', got {lam!r}")
     if isinstance(lam, float | int) and not 0.0 <= float(lam) <= 1.0:
         raise PermergeError(f"--lam must lie in [0, 1], got {lam}")

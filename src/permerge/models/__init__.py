@@ -1,5 +1,7 @@
 """Architectures (MLP, LeNet-style CNN, VGG-BN, ResNet-20) built from a ModelConfig."""
 
+from pydantic import ValidationError
+
 from . import cnn, mlp, resnet, vgg  # noqa: F401  (register the builders)
 from .config import ModelConfig
 from .registry import available, build_model, register
@@ -28,5 +30,7 @@ def model_config_for(arch: str, in_shape: tuple[int, int, int], **kwargs: object
         raise ModelError(f"unknown model {arch!r}; known: {', '.join(available())}")
     try:
         return ModelConfig(arch=name, in_shape=in_shape, **fields)  # type: ignore[arg-type]
-    except ValueError as e:
-        raise ModelError(f"invalid model config for {arch!r}: {e}") from None
+    except ValidationError as e:  # pydantic's own text spans several lines; the CLI prints one
+        err = e.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise ModelError(f"invalid model config for {arch!r}: {where}: {err['msg']}") from None

@@ -16,7 +16,7 @@ class ModelConfig(BaseModel):
     in_shape: tuple[int, int, int] = (1, 28, 28)
     num_classes: int = Field(10, ge=2)
     hidden: tuple[int, ...] = (512, 512, 512)  # MLP only
-    width: float = Field(1.0, gt=0)  # width multiplier (CNN, VGG, ResNet)
+    width: float = Field(1.0, gt=0, allow_inf_nan=False)  # width multiplier (CNN, VGG, ResNet)
     norm: Literal["bn", "ln", "none"] = "bn"  # VGG / ResNet
 
     @field_validator("hidden")

@@ -43,7 +43,9 @@ def net_factory(ctx: ReduceContext, net: str, auto_default: str = "convnet") -> 
         try:
             width = int(w) if w else 32
         except ValueError:
-            raise PermergeError(f"bad ConvNet width in {net!r} (use e.g. convnet:128)") from None
+            width = 0
+        if width < 1:  # convnet:0 used to die in a modulo by zero inside GroupNorm setup
+            raise PermergeError(f"bad ConvNet width in {net!r} (use e.g. convnet:128)")
         return (lambda: ConvNet(shape, k, width=width)), f"convnet:{width}"
     cfg = model_config_for(name, shape, num_classes=k)
     return (lambda: build_model(cfg)), name

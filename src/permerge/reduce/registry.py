@@ -10,11 +10,14 @@ so every reduced set says exactly how it was made.
 from __future__ import annotations
 
 import inspect
+import math
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
+from pydantic import TypeAdapter, ValidationError
 from torch import nn
 
 from ..data import ImageSet
@@ -73,7 +76,9 @@ class Method:
         }
 
     def resolve(self, options: dict[str, Any]) -> dict[str, Any]:
-        """Defaults overridden by ``options``; an unknown option name is a user error."""
+        """Defaults overridden by ``options``; an unknown option name or a value that does not
+        fit the parameter's annotation is a user error (``--opt lr_img=abc`` must not reach
+        the optimiser)."""
         known = self.defaults()
         unknown = sorted(set(options) - set(known))
         if unknown:
@@ -81,7 +86,32 @@ class Method:
                 f"method {self.name!r} has no option(s) {', '.join(unknown)}; "
                 f"known: {', '.join(sorted(known)) or '(none)'}"
             )
-        return {**known, **options}
+        hints = typing.get_type_hints(self.fn)
+        checked = {k: _check_option(self.name, k, v, hints.get(k, Any), known[k]) for k, v in options.items()}
+        return {**known, **checked}
+
+
+def _check_option(method: str, name: str, value: Any, hint: Any, default: Any) -> Any:
+    """Validate one hyperparameter against its annotation. Every numeric hyperparameter is a
+    rate, a momentum or a count, so numbers must be finite and >= 0, and integer counts whose
+    default is not 0 must be >= 1 (a batch of 0 images or 0 proxy epochs is never meant)."""
+
+    def bad(why: str) -> PermergeError:
+        return PermergeError(f"invalid option {name}={value!r} for method {method!r}: {why}")
+
+    try:
+        v = TypeAdapter(hint).validate_python(value)
+    except ValidationError as e:
+        raise bad(e.errors()[0]["msg"]) from None
+    if isinstance(value, bool) and not isinstance(v, bool):
+        raise bad("expected a number, got a boolean")
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return v
+    if not math.isfinite(v) or v < 0:
+        raise bad("must be a finite number >= 0")
+    if isinstance(v, int) and v < 1 and default != 0:
+        raise bad("must be a positive integer")
+    return v
 
 
 _METHODS: dict[str, Method] = {}

@@ -84,8 +84,7 @@ def reproduce(
                         extra = f" {r['eval']['mean_acc']:.2f}%" if r.get("status") == "ok" and r.get("eval") else ""
                         print(
                             f"[{len(results)}/{len(plan.tasks)} {time.perf_counter() - t0:6.0f}s] "
-                            f"{t.label}: {state}{extra}"
-                            + (f" ({r.get('error')})" if r.get("status") != "ok" else ""),
+                            f"{t.label}: {state}{extra}" + (f" ({r.get('error')})" if r.get("status") != "ok" else ""),
                             file=sys.stderr,
                             flush=True,
                         )

@@ -1,0 +1,5 @@
+"""``python -m permerge`` is the ``permerge`` command."""
+
+from .cli import main
+
+main()

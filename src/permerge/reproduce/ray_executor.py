@@ -1,0 +1,212 @@
+"""The Ray executor: the same tasks as the local pool, spread over a Ray cluster (or a local Ray).
+
+Tasks are idempotent and write their artifacts and ``result.json`` under ``ctx.root``, so the
+executor only ships ``(task, ctx)`` to a worker and gets back the small result dict; nothing
+large travels through Ray's object store. Needs the optional extra: ``pip install 'permerge[ray]'``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+from typing import Any
+
+from ..errors import PermergeError
+from .executors import OnResult, register_executor
+from .tasks import RunContext, Task, execute
+
+_INSTALL_HINT = "the ray executor needs the optional extra: pip install 'permerge[ray]'"
+# Set before Ray starts, it makes Ray pick 127.0.0.1 as the node address, and Ray's servers
+# (GCS, raylet, object manager, workers) then bind to it instead of every interface.
+_LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+_LOOPBACK = "127.0.0.1"
+# Results are small dicts and artifacts go through the filesystem: a small object store is
+# plenty and keeps a local Ray from reserving a third of the machine's memory.
+_OBJECT_STORE_BYTES = 256 * 1024**2
+
+
+def _run_task(task: Task, ctx: RunContext) -> dict[str, Any]:
+    """What a Ray worker runs (module-level so workers import it by name, not by value)."""
+    return execute(task, ctx)
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ImportError as e:
+        raise PermergeError(_INSTALL_HINT) from e
+    return ray
+
+
+@contextlib.contextmanager
+def _loopback_only() -> Iterator[None]:
+    """Make a local Ray that starts inside this block use (and listen on) 127.0.0.1 only.
+
+    On Linux Ray treats ``_node_ip_address="127.0.0.1"`` as "this machine" and replaces it with
+    the routable address, and its servers listen on all interfaces. What keeps it on loopback is
+    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``; Ray reads that once, when it is first imported, so
+    if ``ray`` was imported before, the constant read from it is switched too. The environment
+    variable is inherited by the processes Ray starts here; both are restored afterwards.
+    """
+    old_env = os.environ.get(_LOOPBACK_ENV)
+    os.environ[_LOOPBACK_ENV] = "0"
+    constants: Any = None
+    old_flag: Any = None
+    try:
+        from ray._private import ray_constants as constants
+
+        old_flag = getattr(constants, "ENABLE_RAY_CLUSTER", None)
+        constants.ENABLE_RAY_CLUSTER = False
+    except ImportError:  # a Ray without that private module: the check after start decides
+        constants = None
+    try:
+        yield
+    finally:
+        if constants is not None and old_flag is not None:
+            constants.ENABLE_RAY_CLUSTER = old_flag
+        if old_env is None:
+            os.environ.pop(_LOOPBACK_ENV, None)
+        else:
+            os.environ[_LOOPBACK_ENV] = old_env
+
+
+def _abs_ctx(ctx: RunContext, threads: int) -> RunContext:
+    """Workers do not share the driver's working directory: send absolute paths.
+
+    ``abspath``, not ``resolve``: a shared mount may be reached through a symlink that the
+    workers have too, while the resolved target can differ between hosts.
+    """
+    return replace(
+        ctx,
+        root=os.path.abspath(ctx.root),
+        data_root=os.path.abspath(ctx.data_root) if ctx.data_root else None,
+        threads=threads,
+    )
+
+
+def _failure(task: Task, error: BaseException) -> dict[str, Any]:
+    """A task whose worker died (OOM kill, lost node) is reported like a failed task, so the
+    grid goes on; nothing is written, so a rerun retries it."""
+    return {
+        "status": "error",
+        "key": task.key,
+        "kind": task.kind,
+        "label": task.label,
+        "error": f"ray: {type(error).__name__}: {error}",
+        "traceback": None,
+    }
+
+
+@register_executor("ray")
+class RayExecutor:
+    """Run each task as a Ray task that reserves ``task.cpus`` CPUs and ``task.gpus`` GPUs.
+
+    Without ``address`` a private local Ray is started with ``workers`` CPUs (default: all
+    cores), listening on 127.0.0.1 only, without the dashboard; :meth:`close` shuts it down.
+    With ``address`` (``"auto"`` or ``"HOST:PORT"``) it joins an existing cluster, whose size
+    decides the parallelism, and leaves it running on close. A Ray already initialised in this
+    process is used as is and also left running.
+
+    Workers and driver exchange only ``(task, ctx)`` and the result dict: the artifacts are
+    files under ``ctx.root`` that later tasks read by path. On a real cluster, therefore, put
+    ``--out`` (``ctx.root``) and the data root on a filesystem mounted at the same path on every
+    node, and install permerge and the same torch version on every worker (a different torch
+    can change the numbers, and a task's cached result would then depend on where it ran).
+
+    Each task gets one torch thread per CPU it reserved (one by default): Ray already runs one
+    task per reserved core, and more threads would oversubscribe the node.
+    ``timeout_s`` bounds one :meth:`run` (one stage); past it the unfinished tasks are cancelled
+    and a :class:`PermergeError` is raised. Finished tasks keep their results, so a rerun resumes.
+    """
+
+    name = "ray"
+
+    def __init__(self, workers: int | None = None, address: str | None = None, timeout_s: float | None = None) -> None:
+        if workers is not None and workers < 1:
+            raise PermergeError(f"--workers must be at least 1, got {workers}")
+        self.workers = workers
+        self.address = address
+        self.timeout_s = timeout_s
+        self._started = False
+        ray = _import_ray()
+        self._ray = ray
+        if ray.is_initialized():
+            return  # the caller's Ray: use it, leave it running
+        if address:
+            try:
+                ray.init(address=address, log_to_driver=False)
+            except (ConnectionError, RuntimeError, ValueError) as e:
+                raise PermergeError(f"cannot connect to the Ray cluster at {address!r}: {e}") from e
+            return
+        with _loopback_only():
+            ray.init(
+                num_cpus=workers or os.cpu_count() or 1,
+                include_dashboard=False,
+                log_to_driver=False,
+                object_store_memory=_OBJECT_STORE_BYTES,
+                _node_ip_address=_LOOPBACK,
+            )
+        self._started = True
+        ip = self.node_ip()
+        if ip != _LOOPBACK:
+            self.close()
+            raise PermergeError(f"local Ray came up on {ip}, not {_LOOPBACK}; refusing to run it on a public address")
+
+    def node_ip(self) -> str:
+        """The address this process's Ray node uses (127.0.0.1 for the local Ray)."""
+        return str(self._ray.util.get_node_ip_address())
+
+    def run(
+        self,
+        tasks: Sequence[Task],
+        ctx: RunContext,
+        on_result: OnResult | None = None,
+        timeout_s: float | None = None,
+    ) -> list[dict[str, Any]]:
+        """Run ``tasks`` (independent of each other) and return their results in task order,
+        calling ``on_result(task, result)`` as each one finishes."""
+        ray = self._ray
+        if not tasks:
+            return []
+        limit = self.timeout_s if timeout_s is None else timeout_s
+        deadline = None if limit is None else time.monotonic() + limit
+        remote = ray.remote(_run_task)
+        refs: dict[Any, int] = {}
+        for i, t in enumerate(tasks):
+            # Task errors come back as results, never as exceptions, so a retry only happens
+            # when the worker or node died; tasks are idempotent, so it is safe.
+            opts = remote.options(num_cpus=t.cpus, num_gpus=t.gpus, max_retries=1, name=t.label or t.kind)
+            refs[opts.remote(t, _abs_ctx(ctx, threads=max(1, int(t.cpus))))] = i
+        results: list[dict[str, Any] | None] = [None] * len(tasks)
+        pending = list(refs)
+        try:
+            while pending:
+                wait_s = None if deadline is None else max(0.0, deadline - time.monotonic())
+                done, pending = ray.wait(pending, num_returns=1, timeout=wait_s)
+                if not done:
+                    raise PermergeError(
+                        f"ray: {len(pending)} of {len(tasks)} runs unfinished after {limit:g} s; "
+                        "finished runs are kept, rerun to resume"
+                    )
+                for ref in done:
+                    i = refs[ref]
+                    try:
+                        results[i] = ray.get(ref)
+                    except Exception as e:  # noqa: BLE001 - a dead worker fails its task, not the grid
+                        results[i] = _failure(tasks[i], e)
+                    if on_result:
+                        on_result(tasks[i], results[i])  # type: ignore[arg-type]
+        finally:
+            for ref in pending:  # timeout or an exception in on_result: stop what is left
+                with contextlib.suppress(Exception):
+                    ray.cancel(ref, force=True)
+        return [r for r in results if r is not None]
+
+    def close(self) -> None:
+        """Shut Ray down if this executor started it; a cluster or the caller's Ray stays up."""
+        if self._started:
+            self._started = False
+            self._ray.shutdown()

@@ -1,0 +1,1 @@
+"""Bad-input suite: every user error is one clear line, never a traceback."""
