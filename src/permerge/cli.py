@@ -360,6 +360,34 @@ def reproduce(
 
 
 @app.command()
+def sweep(
+    config: Annotated[Path, typer.Argument(help="YAML grid with the fields of configs/*.yaml")],
+    out: Annotated[Path, typer.Option("--out", "-o")],
+    executor: Annotated[str, typer.Option("--executor", help="local (process pool) or ray")] = "local",
+    workers: Annotated[int | None, typer.Option("--workers", help="parallel runs (default: all cores)")] = None,
+    address: Annotated[str | None, typer.Option("--address", help="ray: auto or HOST:PORT")] = None,
+    data_root: DataRoot = None,
+    device: Device = "cpu",
+    quiet: Quiet = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Run a user-defined grid: the same engine as reproduce, for your own YAML file."""
+    if config.suffix not in (".yaml", ".yml"):
+        raise PermergeError(f"{config}: sweep takes a .yaml config file (see configs/ for examples)")
+    reproduce(
+        str(config),
+        out=out,
+        executor=executor,
+        workers=workers,
+        address=address,
+        data_root=data_root,
+        device=device,
+        quiet=quiet,
+        json_out=json_out,
+    )
+
+
+@app.command()
 def methods(json_out: JsonOpt = False) -> None:
     """List merge methods and their options."""
     from .align import available

@@ -167,3 +167,38 @@ def test_sigkill_mid_grid_then_resume_equals_uninterrupted(
     assert report["meta"]["cached"] >= n_done
     assert _table(out / "results.csv") == _table(quick_split_mnist / "results.csv")
     assert not list(out.rglob("*.tmp")), "no temp files left behind"
+
+
+def test_sweep_runs_a_user_grid_from_the_cli(tmp_path: Path, shared_data: Path) -> None:
+    cfg = tmp_path / "grid.yaml"
+    cfg.write_text(
+        "name: my-grid\nmodel: 'mlp:16'\npairs: [['mnist@20', 'fashion-mnist@20']]\nseeds: [0, 1]\n"
+        "train: {epochs: 2, batch_size: 50}\nmerges: [{method: average}, {method: wm}]\n"
+        "baselines: {joint: false, reduced_only: false}\n"
+    )
+    env = {**os.environ, "PERMERGE_DATA": str(shared_data), "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "permerge",
+        "sweep",
+        str(cfg),
+        "--out",
+        str(tmp_path / "o"),
+        "--workers",
+        "1",
+        "--json",
+    ]
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    r = json.loads(p.stdout)
+    # 2 seeds x (2 trainings, 2 source evaluations, 2 merges)
+    assert r["experiment"] == "my-grid" and r["failed"] == 0 and r["finished"] == 12
+    bad = subprocess.run(
+        [*cmd[:4], str(tmp_path / "nope.txt"), "--out", str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad.returncode == 2 and "yaml" in bad.stderr and "Traceback" not in bad.stderr
