@@ -11,6 +11,7 @@ import io
 import json
 import math
 import re
+import shutil
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -262,7 +263,19 @@ def plots(
         ax.legend(fontsize=6, ncol=2)
         save(fig, f"accuracy_vs_ipc_{_slug(pair)}.png")
 
-    # 4. alignment criteria vs merged loss
+    # 4. the reduced sets themselves (first seed, largest IPC): one grid per dataset and method
+    reduce_tasks = [t for stage in plan.stages for t in stage if t.kind == "reduce"]
+    if reduce_tasks:
+        top = max(t.params["ipc"] for t in reduce_tasks)
+        for t in reduce_tasks:
+            src = t.directory(out) / "reduced.png"
+            if t.params["seed"] == plan.config.seeds[0] and t.params["ipc"] == top and src.is_file():
+                name = f"grids/{_slug(t.params['dataset'])}_{t.params['method']}{top}.png"
+                with atomic_path(out / name) as tmp:
+                    shutil.copyfile(src, tmp)
+                made.append(name)
+
+    # 5. alignment criteria vs merged loss
     merged = [r for r in rows if r.get("status") == "ok" and r.get("wm_distance") is not None]
     if merged:
         fig, axes = plt.subplots(1, 2, figsize=(10, 4))
