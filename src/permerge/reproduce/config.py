@@ -129,7 +129,7 @@ def builtin_experiments() -> list[str]:
 def load_experiment(name_or_path: str | Path, *, quick: bool = False) -> ExperimentConfig:
     """A built-in experiment by name (``mnist-fmnist``) or a YAML file; ``quick`` applies its overrides."""
     path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or path.exists():
+    if path.suffix in (".yaml", ".yml") or path.is_file():
         if not path.is_file():
             raise ConfigError(f"{path}: no such experiment config file")
         text = path.read_text()

@@ -157,7 +157,7 @@ def analysis(rows: list[dict[str, Any]]) -> dict[str, Any]:
         entry = {"pair": pair, "seed": seed, "a_on_b": sa["acc_b"], "b_on_a": sb["acc_a"]}
         entry["flipped"] = (entry["a_on_b"] + entry["b_on_a"]) / 2
         for (m, data), r in d.items():
-            if m in ("wm", "ste", "am", "average"):
+            if m in ("wm", "ste", "am", "average") and data in ("none", "full"):
                 entry[f"{m}[{data}]"] = r["acc_mean"]
         flipped.append(entry)
     return {"criteria": crit, "flipped": flipped}
@@ -237,30 +237,43 @@ def plots(
         ax.legend(fontsize=6, ncol=2)
         save(fig, "accuracy_vs_angle.png")
 
-    # 3. accuracy vs merge-data size (IPC), per alignment method and reduction method
+    # 3. accuracy vs merge-data size (IPC): one panel per alignment method, one line per reduction
     for pair in dict.fromkeys(s["pair"] for s in summary):
         ss = [s for s in summary if s["pair"] == pair and s["method"] in ("ste", "am")]
         sized = [s for s in ss if s["ipc"]]
         if not sized:
             continue
-        fig, ax = plt.subplots(figsize=(6.5, 4.2))
-        for m in dict.fromkeys(s["method"] for s in sized):
-            full = next((s for s in ss if s["method"] == m and s["data"] == "full"), None)
-            for red in dict.fromkeys(s["data"].split("@")[0] for s in sized if s["method"] == m):
+        aligners = list(dict.fromkeys(s["method"] for s in sized))
+        reducers = list(dict.fromkeys(s["data"].split("@")[0] for s in sized))
+        colours = {r: plt.get_cmap("tab10")(i % 10) for i, r in enumerate(reducers)}
+        fig, axes = plt.subplots(1, len(aligners), figsize=(5.5 * len(aligners), 4.2), sharey=True, squeeze=False)
+        for ax, m in zip(axes[0], aligners, strict=True):
+            for red in reducers:
                 pts = sorted(
-                    (s["ipc"], s["acc_mean_mean"])
+                    (s["ipc"], s["acc_mean_mean"], s["acc_mean_std"])
                     for s in sized
                     if s["method"] == m and s["data"].startswith(red + "@")
                 )
-                line = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, label=f"{m} [{red}]")
-                if full:
-                    ax.axhline(full["acc_mean_mean"], color=line[0].get_color(), ls=":", lw=0.8)
-        ax.set_xscale("log")
-        ax.set_xlabel("merge data: images per class of each dataset (dotted: full data)")
-        ax.set_ylabel("mean test accuracy (%)")
-        ax.set_title(pair)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=6, ncol=2)
+                if pts:
+                    ax.errorbar(
+                        [p[0] for p in pts],
+                        [p[1] for p in pts],
+                        yerr=[p[2] for p in pts],
+                        marker="o",
+                        ms=3,
+                        capsize=2,
+                        color=colours[red],
+                        label=red,
+                    )
+            full = next((s for s in ss if s["method"] == m and s["data"] == "full"), None)
+            if full:
+                ax.axhline(full["acc_mean_mean"], color="black", ls=":", lw=1, label="full data")
+            ax.set_xscale("log")
+            ax.set_xlabel("merge data: images per class of each dataset")
+            ax.set_title(f"{m}, {pair}")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+        axes[0][0].set_ylabel("mean test accuracy (%), mean ± std over seeds")
         save(fig, f"accuracy_vs_ipc_{_slug(pair)}.png")
 
     # 4. the reduced sets themselves (first seed, largest IPC): one grid per dataset and method
@@ -308,8 +321,10 @@ def write_report(out: Path, plan: Plan, results: dict[str, dict[str, Any]], meta
     md.append(
         f"Model `{plan.config.model}`, seeds {list(plan.config.seeds)} (model B uses seed + "
         f"{plan.config.b_seed_offset}); {meta.get('finished', 0)} runs finished, {meta.get('failed', 0)} failed; "
-        f"wall time {meta.get('wall_seconds', 0):.0f} s on {meta.get('host', '?')} ({meta.get('cpus', '?')} CPUs, "
-        f"executor {meta.get('executor', '?')}). Scores are test accuracies (%), mean ± std over seeds; "
+        f"{meta.get('cached', 0)} reused from earlier invocations; this invocation {meta.get('wall_seconds', 0):.0f} s "
+        f"wall, all runs together {meta.get('run_seconds', 0):.0f} s of worker time, on {meta.get('host', '?')} "
+        f"({meta.get('cpus', '?')} CPUs, executor {meta.get('executor', '?')}). "
+        "Scores are test accuracies (%), mean ± std over seeds; "
         "'mean acc' is the paper's metric (mean of the two test sets)."
     )
     md += ["", markdown(summary, "Results"), "## Analysis", ""]

@@ -98,6 +98,8 @@ def reproduce(
         "cached": sum(1 for r in results.values() if r.get("cached")),
         "failed": len(failed),
         "wall_seconds": wall,
+        # summed over runs, including runs reused from earlier invocations
+        "run_seconds": sum(float(r.get("wall_seconds") or 0.0) for r in results.values()),
         "executor": executor,
         "host": platform.node(),
         "cpus": os.cpu_count(),
