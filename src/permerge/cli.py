@@ -315,6 +315,7 @@ def reproduce(
     address: Annotated[str | None, typer.Option("--address", help="ray: auto or HOST:PORT")] = None,
     seeds: Annotated[str | None, typer.Option("--seeds", help="override the seeds, e.g. 0,1")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="list the runs and stop")] = False,
+    store: Annotated[Path | None, typer.Option("--store", help="where runs are kept (default: --out)")] = None,
     data_root: DataRoot = None,
     device: Device = "cpu",
     quiet: Quiet = False,
@@ -338,6 +339,7 @@ def reproduce(
         seeds=seed_list,
         progress=not quiet and not json_out,
         dry_run=dry_run,
+        store=store,
     )
     if dry_run:
         if json_out:
@@ -366,6 +368,7 @@ def sweep(
     executor: Annotated[str, typer.Option("--executor", help="local (process pool) or ray")] = "local",
     workers: Annotated[int | None, typer.Option("--workers", help="parallel runs (default: all cores)")] = None,
     address: Annotated[str | None, typer.Option("--address", help="ray: auto or HOST:PORT")] = None,
+    store: Annotated[Path | None, typer.Option("--store", help="where runs are kept (default: --out)")] = None,
     data_root: DataRoot = None,
     device: Device = "cpu",
     quiet: Quiet = False,
@@ -380,6 +383,7 @@ def sweep(
         executor=executor,
         workers=workers,
         address=address,
+        store=store,
         data_root=data_root,
         device=device,
         quiet=quiet,

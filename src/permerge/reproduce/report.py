@@ -178,7 +178,12 @@ def _angle(spec: str) -> float | None:
 
 
 def plots(
-    out: Path, rows: list[dict[str, Any]], summary: list[dict[str, Any]], results: dict[str, Any], plan: Plan
+    out: Path,
+    rows: list[dict[str, Any]],
+    summary: list[dict[str, Any]],
+    results: dict[str, Any],
+    plan: Plan,
+    store: Path,
 ) -> list[str]:
     import matplotlib
 
@@ -281,7 +286,7 @@ def plots(
     if reduce_tasks:
         top = max(t.params["ipc"] for t in reduce_tasks)
         for t in reduce_tasks:
-            src = t.directory(out) / "reduced.png"
+            src = t.directory(store) / "reduced.png"
             if t.params["seed"] == plan.config.seeds[0] and t.params["ipc"] == top and src.is_file():
                 name = f"grids/{_slug(t.params['dataset'])}_{t.params['method']}{top}.png"
                 with atomic_path(out / name) as tmp:
@@ -309,12 +314,14 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-zA-Z0-9]+", "-", text).strip("-").lower()
 
 
-def write_report(out: Path, plan: Plan, results: dict[str, dict[str, Any]], meta: dict[str, Any]) -> dict[str, Any]:
+def write_report(
+    out: Path, plan: Plan, results: dict[str, dict[str, Any]], meta: dict[str, Any], store: Path | None = None
+) -> dict[str, Any]:
     rows = rows_from(plan, results)
     summary = summarise(rows)
     ana = analysis(rows)
     write_csv(rows, out / "results.csv")
-    made = plots(out, rows, summary, results, plan)
+    made = plots(out, rows, summary, results, plan, store or out)
     doc = {"experiment": plan.config.model_dump(), "meta": meta, "rows": rows, "summary": summary, "analysis": ana}
     atomic_write_text(out / "results.json", json.dumps(doc, indent=1, default=str) + "\n")
     md = [f"# permerge reproduce {plan.config.name}", "", plan.config.description.strip(), ""]

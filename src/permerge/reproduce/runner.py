@@ -37,7 +37,13 @@ def reproduce(
     seeds: list[int] | None = None,
     progress: bool = True,
     dry_run: bool = False,
+    store: str | Path | None = None,
 ) -> dict[str, Any]:
+    """Run ``experiment`` into ``out``; runs live in ``store`` (default ``out``) under ``runs/``.
+
+    Runs are keyed by their full config, so several experiments (or a sweep of extra merges)
+    can share one ``store`` and reuse each other's trained models and reduced sets.
+    """
     cfg = experiment if isinstance(experiment, ExperimentConfig) else load_experiment(experiment, quick=quick)
     if seeds:
         cfg = cfg.model_copy(update={"seeds": tuple(seeds)})
@@ -52,7 +58,10 @@ def reproduce(
     if not os.access(root, os.W_OK):
         raise PermergeError(f"output folder {root} is not writable")
     atomic_write_text(root / "config.json", json.dumps(cfg.model_dump(), indent=1) + "\n")
-    ctx = RunContext(root=str(root.resolve()), data_root=None if data_root is None else str(data_root), device=device)
+    store_root = Path(store) if store is not None else root
+    ctx = RunContext(
+        root=str(store_root.resolve()), data_root=None if data_root is None else str(data_root), device=device
+    )
     ex = get_executor(executor, workers=workers, address=address)
     t0 = time.perf_counter()
     log = progress and not sys.stderr.isatty()  # a line per run for logs and CI
@@ -105,5 +114,5 @@ def reproduce(
         "cpus": os.cpu_count(),
         "quick": quick,
     }
-    report = write_report(root, plan, results, meta)
+    report = write_report(root, plan, results, meta, store=Path(ctx.root))
     return {"experiment": cfg.name, "out": str(root), **meta, "failures": list(failed.values()), **report}
