@@ -396,7 +396,7 @@ def methods(json_out: JsonOpt = False) -> None:
     """List merge methods and their options."""
     from .align import available
 
-    rows = {
+    rows: dict[str, dict[str, Any]] = {
         "average": {"needs_data": False, "summary": "plain weight averaging (no alignment)", "options": {}},
         "ensemble": {"needs_data": False, "summary": "average of output probabilities", "options": {}},
     }

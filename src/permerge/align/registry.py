@@ -58,7 +58,7 @@ class AlignMethod:
 _METHODS: dict[str, AlignMethod] = {}
 
 
-def register(name: str, options: type[BaseModel], *, needs_data: bool, summary: str):  # type: ignore[no-untyped-def]
+def register(name: str, options: type[BaseModel], *, needs_data: bool, summary: str):
     def deco(fn: Callable[[AlignProblem, Any], Alignment]) -> Callable[[AlignProblem, Any], Alignment]:
         _METHODS[name] = AlignMethod(name, fn, options, needs_data, summary)
         return fn

@@ -160,11 +160,11 @@ def ste_method(problem: AlignProblem, opts: STEOptions) -> Alignment:
             if step % opts.eval_every == 0 or step == total:
                 final = project(perm, 100) if step == total else perm
                 if last_scored is None or any(not torch.equal(final[k], last_scored[k]) for k in final):
-                    s = score(final)
+                    score_loss = score(final)
                     last_scored = final
-                    history.append({"step": step, "score_loss": s, "train_loss": loss.item()})
-                    if s < best_loss:
-                        best_perm, best_loss, best_step = final, s, step
+                    history.append({"step": step, "score_loss": score_loss, "train_loss": loss.item()})
+                    if score_loss < best_loss:
+                        best_perm, best_loss, best_step = final, score_loss, step
             bar.advance(loss=loss.item(), best=best_loss)
     loop = time.perf_counter() - t_loop
     model.eval()

@@ -153,7 +153,7 @@ def concat(sets: Sequence[ImageSet], name: str | None = None) -> ImageSet:
     )
 
 
-def as_imageset(data: Dataset | ImageSet, name: str = "dataset", num_classes: int = 10) -> ImageSet:  # type: ignore[type-arg]
+def as_imageset(data: Dataset | ImageSet, name: str = "dataset", num_classes: int = 10) -> ImageSet:
     """Wrap any ``torch.utils.data.Dataset`` of ``(image, label)`` into an :class:`ImageSet`.
 
     Items are taken as already-normalised float tensors (what a torch Dataset usually

@@ -164,13 +164,13 @@ def read_folder(
             if f.suffix.lower() not in _IMAGE_EXT:
                 continue
             try:
-                with Image.open(f) as im:
+                with Image.open(f) as src:
                     if size is None:
-                        c0 = 1 if im.mode in ("L", "1", "I", "F") else 3
-                        size = (c0, im.height, im.width)
-                    im = im.convert("L" if size[0] == 1 else "RGB")
+                        c0 = 1 if src.mode in ("L", "1", "I", "F") else 3
+                        size = (c0, src.height, src.width)
+                    im = src.convert("L" if size[0] == 1 else "RGB")
                     if (im.height, im.width) != size[1:]:
-                        im = im.resize((size[2], size[1]), Image.BILINEAR)
+                        im = im.resize((size[2], size[1]), Image.Resampling.BILINEAR)
                     a = np.asarray(im, dtype=np.uint8)
             except OSError as e:
                 raise DataError(f"{f}: unreadable image ({e})") from e

@@ -173,7 +173,7 @@ def _load_base(base: str, split: str, data_root: str | None) -> ImageSet:
     raise DataError(f"unknown dataset {base!r}")
 
 
-def _load_user(path: Path, split: str, reader) -> ImageSet:  # type: ignore[no-untyped-def]
+def _load_user(path: Path, split: str, reader) -> ImageSet:
     """User data: ``path`` may hold ``train``/``test`` parts; otherwise a stratified 80/20 split."""
     if not path.exists():
         raise DataError(f"{path}: no such file or folder")

@@ -60,7 +60,7 @@ def _layer_stats(
     hooks = []
     modules = dict(model.named_modules())
 
-    def hook(name: str):  # type: ignore[no-untyped-def]
+    def hook(name: str):
         def fn(_m: nn.Module, _i: object, out: torch.Tensor) -> None:
             f = out.movedim(1, -1).reshape(-1, out.shape[1]).double()
             s = sums.setdefault(

@@ -29,7 +29,7 @@ def model_config_for(arch: str, in_shape: tuple[int, int, int], **kwargs: object
     if name not in available():
         raise ModelError(f"unknown model {arch!r}; known: {', '.join(available())}")
     try:
-        return ModelConfig(arch=name, in_shape=in_shape, **fields)  # type: ignore[arg-type]
+        return ModelConfig(arch=name, in_shape=in_shape, **fields)
     except ValidationError as e:  # pydantic's own text spans several lines; the CLI prints one
         err = e.errors()[0]
         where = ".".join(str(p) for p in err["loc"])

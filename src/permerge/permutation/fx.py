@@ -297,7 +297,7 @@ def _probes(
     return {g: tuple(act.get(g) or anyn.get(g, [])) for g in root_name.values()}
 
 
-def _bind_norm(mod: nn.Module, name: str, s_in: Space, bind, node: fx.Node, buffers: bool) -> None:  # type: ignore[no-untyped-def]
+def _bind_norm(mod: nn.Module, name: str, s_in: Space, bind, node: fx.Node, buffers: bool) -> None:
     if s_in.block != 1:
         raise AlignmentError(f"node {node.name}: normalisation over a flattened conv map")
     for p in ("weight", "bias"):

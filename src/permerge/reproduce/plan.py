@@ -122,7 +122,7 @@ def make_plan(cfg: ExperimentConfig) -> Plan:
                 for kind in entry.data:
                     labels = [k for k, v in data_sets.items() if v[0] == kind]
                     for dlabel in labels:
-                        _, specs, dep_keys, ipc = data_sets[dlabel]
+                        _, specs, dep_keys, data_ipc = data_sets[dlabel]
                         opts = entry.options if kind != "reduced" else (entry.reduced_options or entry.options)
                         params = {
                             "a": ta.key,
@@ -142,7 +142,7 @@ def make_plan(cfg: ExperimentConfig) -> Plan:
                             deps=(ta.key, tb.key, *dep_keys),
                             label=f"{entry.method} [{dlabel}] {pair_name} seed {seed}",
                         )
-                        add_row(mt, finals, **base, method=entry.method, data=dlabel, ipc=ipc)
+                        add_row(mt, finals, **base, method=entry.method, data=dlabel, ipc=data_ipc)
 
     plan.stages = [s for s in (list(trains.values()), list(reduces.values()), list(finals.values())) if s]
     return plan

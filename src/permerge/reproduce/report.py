@@ -76,7 +76,7 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     }
     out = []
     for (pair, method, data), g in groups.items():
-        s = {"pair": pair, "method": method, "data": data, "seeds": len(g), "ipc": g[0].get("ipc")}
+        s: dict[str, Any] = {"pair": pair, "method": method, "data": data, "seeds": len(g), "ipc": g[0].get("ipc")}
         for k in ("acc_a", "acc_b", "acc_mean", "seconds"):
             s[f"{k}_mean"], s[f"{k}_std"] = _mean_std([float(x[k]) for x in g])
         s["gain_over_wm"] = s["acc_mean_mean"] - wm[pair] if pair in wm else math.nan
@@ -147,7 +147,7 @@ def analysis(rows: list[dict[str, Any]]) -> dict[str, Any]:
         crit[name] = {"n": len(pts), "spearman_vs_merged_loss": _spearman([p[0] for p in pts], [p[1] for p in pts])}
     # flipped: each source model scored on the *other* dataset (A on B's test set, B on A's)
     flipped = []
-    by = defaultdict(dict)
+    by: defaultdict[tuple[str, int], dict[tuple[str, str], dict[str, Any]]] = defaultdict(dict)
     for r in ok:
         by[(r["pair"], r["seed"])][(r["method"], r["data"])] = r
     for (pair, seed), d in sorted(by.items()):

@@ -129,7 +129,7 @@ def execute(task: Task, ctx: RunContext) -> dict[str, Any]:
 
 @_runner("train")
 def _train(task: Task, ctx: RunContext, directory: Path) -> dict[str, Any]:
-    from .. import api
+    from permerge import api
 
     p = task.params
     specs = [_resolve_spec(s, ctx) for s in p["datasets"]]
@@ -181,7 +181,7 @@ def _resolve_spec(spec: str, ctx: RunContext) -> str:
 
 @_runner("evaluate")
 def _evaluate(task: Task, ctx: RunContext, directory: Path) -> dict[str, Any]:
-    from .. import api
+    from permerge import api
 
     p = task.params
     scores = api.evaluate_model(
@@ -192,7 +192,8 @@ def _evaluate(task: Task, ctx: RunContext, directory: Path) -> dict[str, Any]:
 
 @_runner("merge")
 def _merge(task: Task, ctx: RunContext, directory: Path) -> dict[str, Any]:
-    from .. import api
+    from permerge import api
+
     from ..merge.core import aligned_copy, merge_models
     from ..merge.interpolate import barrier, curve
     from ..train import evaluate_many
@@ -255,7 +256,8 @@ def _criteria(
     correlation of matched units (what AM maximises) on a fixed sample of both training sets."""
     import copy
 
-    from .. import api
+    from permerge import api
+
     from ..align.activation_matching import AMOptions, activation_correlations
     from ..align.registry import AlignProblem
     from ..merge.core import spec_for

@@ -60,8 +60,8 @@ def dm(
             for i, c in enumerate(ctx.classes):
                 xr, xs = sample_real(c, batch_real), syn[i * k : (i + 1) * k]
                 if aug is not None:
-                    p = aug.sample(g)
-                    xr, xs = aug(xr, p), aug(xs, p)
+                    aug_params = aug.sample(g)
+                    xr, xs = aug(xr, aug_params), aug(xs, aug_params)
                 with torch.no_grad():
                     mr = embed(norm(xr)).mean(0)
                 loss = loss + ((mr - embed(norm(xs)).mean(0)) ** 2).sum()
