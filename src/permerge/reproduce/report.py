@@ -227,15 +227,7 @@ def plots(
                 if s["method"] == m and s["data"] == d
             )
             if len(pts) > 1 and m not in ("source A", "source B"):
-                ax.errorbar(
-                    [p[0] for p in pts],
-                    [p[1] for p in pts],
-                    yerr=[p[2] for p in pts],
-                    marker="o",
-                    ms=3,
-                    capsize=2,
-                    label=f"{m} [{d}]",
-                )
+                _errorbar(ax, pts, label=f"{m} [{d}]")
         ax.set_xlabel("rotation of dataset B (degrees)")
         ax.set_ylabel("mean test accuracy (%)")
         ax.grid(alpha=0.3)
@@ -260,16 +252,7 @@ def plots(
                     if s["method"] == m and s["data"].startswith(red + "@")
                 )
                 if pts:
-                    ax.errorbar(
-                        [p[0] for p in pts],
-                        [p[1] for p in pts],
-                        yerr=[p[2] for p in pts],
-                        marker="o",
-                        ms=3,
-                        capsize=2,
-                        color=colours[red],
-                        label=red,
-                    )
+                    _errorbar(ax, pts, color=colours[red], label=red)
             full = next((s for s in ss if s["method"] == m and s["data"] == "full"), None)
             if full:
                 ax.axhline(full["acc_mean_mean"], color="black", ls=":", lw=1, label="full data")
@@ -308,6 +291,13 @@ def plots(
             ax.legend(fontsize=7)
         save(fig, "criteria_vs_loss.png")
     return made
+
+
+def _errorbar(ax: Any, pts: list[tuple[Any, float, float]], **style: Any) -> None:
+    """One line of (x, mean, std) points with error bars, in the report's common style."""
+    ax.errorbar(
+        [p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", ms=3, capsize=2, **style
+    )
 
 
 def _slug(text: str) -> str:
