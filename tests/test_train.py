@@ -129,3 +129,20 @@ def test_evaluate_empty():
     empty = ImageSet(torch.zeros(0, 1, 28, 28, dtype=torch.uint8), torch.zeros(0, dtype=torch.long), name="e")
     r = evaluate(_mlp(), empty)
     assert r["n"] == 0
+
+
+def test_bf16_mixed_precision_learns_and_keeps_fp32_weights(mnist_5k_train, mnist_test):
+    """bf16 autocast on CPU: a real accuracy, fp32 master weights, and a different (rounded) path."""
+    cfg = TrainConfig(epochs=3, batch_size=50, lr=0.05, precision="bf16")
+    model = _mlp()
+    train_model(model, mnist_5k_train, cfg, seed=0, progress=False)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert evaluate(model, mnist_test)["acc"] >= 85.0
+    ref = _mlp()
+    train_model(ref, mnist_5k_train, cfg.model_copy(update={"precision": "fp32"}), seed=0, progress=False)
+    assert not torch.equal(ref.state_dict()["1.weight"], model.state_dict()["1.weight"])
+
+
+def test_fp16_needs_cuda(mnist_small):
+    with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
+        train_model(_mlp(), mnist_small, TrainConfig(epochs=1, precision="fp16"), progress=False)

@@ -106,6 +106,8 @@ def train(
     torch.manual_seed(seed)
     net = build_model(mcfg)
     dev = resolve_device(device)
+    if cfg.precision == "fp16" and dev.type != "cuda":
+        raise PermergeError("precision fp16 needs a CUDA device; use bf16 for mixed precision on a CPU")
     t0 = time.perf_counter()
     stats = train_model(
         net, split.train, cfg, seed=seed, device=dev, progress=progress, description=f"train {model} on {dataset}"

@@ -81,6 +81,9 @@ def train(
         bool | None, typer.Option("--augment/--no-augment", help="crop+flip; default on for cifar10")
     ] = None,
     val_fraction: float = 1 / 12,
+    precision: Annotated[
+        str, typer.Option(help="fp32, bf16 (mixed precision, CPU or GPU) or fp16 (mixed precision, CUDA)")
+    ] = "fp32",
     data_root: DataRoot = None,
     device: Device = "cpu",
     quiet: Quiet = False,
@@ -105,6 +108,7 @@ def train(
         schedule=schedule,
         augment=augment,
         val_fraction=val_fraction,
+        precision=precision,
     )
     s = ckpt.meta["scores"]
     if json_out:
@@ -313,6 +317,9 @@ def reproduce(
     executor: Annotated[str, typer.Option("--executor", help="local (process pool) or ray")] = "local",
     workers: Annotated[int | None, typer.Option("--workers", help="parallel runs (default: all cores)")] = None,
     address: Annotated[str | None, typer.Option("--address", help="ray: auto or HOST:PORT")] = None,
+    gpus_per_run: Annotated[
+        float, typer.Option("--gpus-per-run", help="ray with --device cuda: GPUs each run reserves (0.25: 4 per GPU)")
+    ] = 1.0,
     seeds: Annotated[str | None, typer.Option("--seeds", help="override the seeds, e.g. 0,1")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="list the runs and stop")] = False,
     store: Annotated[Path | None, typer.Option("--store", help="where runs are kept (default: --out)")] = None,
@@ -334,6 +341,7 @@ def reproduce(
         executor=executor,
         workers=workers,
         address=address,
+        gpus_per_run=gpus_per_run,
         data_root=data_root,
         device=device,
         seeds=seed_list,
@@ -368,6 +376,9 @@ def sweep(
     executor: Annotated[str, typer.Option("--executor", help="local (process pool) or ray")] = "local",
     workers: Annotated[int | None, typer.Option("--workers", help="parallel runs (default: all cores)")] = None,
     address: Annotated[str | None, typer.Option("--address", help="ray: auto or HOST:PORT")] = None,
+    gpus_per_run: Annotated[
+        float, typer.Option("--gpus-per-run", help="ray with --device cuda: GPUs each run reserves (0.25: 4 per GPU)")
+    ] = 1.0,
     store: Annotated[Path | None, typer.Option("--store", help="where runs are kept (default: --out)")] = None,
     data_root: DataRoot = None,
     device: Device = "cpu",
@@ -383,6 +394,7 @@ def sweep(
         executor=executor,
         workers=workers,
         address=address,
+        gpus_per_run=gpus_per_run,
         store=store,
         data_root=data_root,
         device=device,

@@ -33,6 +33,10 @@ class TrainConfig(BaseModel):
     warmup_epochs: int = Field(0, ge=0)
     augment: bool = False  # pad-4 crop + horizontal flip (for CIFAR)
     val_fraction: float = Field(1 / 12, ge=0, lt=1)  # 5,000 of MNIST's 60,000
+    # Mixed precision: forward/backward under autocast, weights and optimiser state stay fp32.
+    # bf16 needs no loss scaling and works on CPU and recent GPUs; fp16 (CUDA only) uses a
+    # dynamic loss scaler. Evaluation and merging always run in fp32.
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
 
 
 @dataclass
@@ -93,6 +97,11 @@ def train_model(
     augmentation use a private generator.
     """
     model.to(device).train()
+    dev_type = torch.device(device).type
+    if cfg.precision == "fp16" and dev_type != "cuda":
+        raise ValueError("precision fp16 needs a CUDA device (use bf16 on CPU)")
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
+    scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
     g = torch.Generator().manual_seed(seed)
     opt = make_optimizer(model.parameters(), cfg)
     steps_per_epoch = max(1, math.ceil(len(data) / cfg.batch_size))
@@ -111,7 +120,9 @@ def train_model(
                     x = random_crop_flip(x.cpu(), g).to(device)
                 for group in opt.param_groups:
                     group["lr"] = _lr_at(cfg, step, total, steps_per_epoch)
-                logits = model(x)
+                with torch.autocast(dev_type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                    logits = model(x)
+                logits = logits.float()  # the loss in fp32 whatever the forward ran in
                 if weights is not None:
                     w = weights[idx].to(device)
                     loss = (F.cross_entropy(logits, y, reduction="none") * w).sum() / w.sum()
@@ -120,8 +131,13 @@ def train_model(
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"training diverged at step {step} (loss {loss.item()})")
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.step(opt)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    opt.step()
                 step += 1
                 last_loss = loss.item()
                 bar.advance(loss=last_loss)

@@ -249,8 +249,10 @@ def test_bad_method_option_via_cli(
         (["--optimizer", "lbfgs"], "invalid training option 'optimizer': Input should be 'sgd' or 'adam'"),
         (["--val-fraction", "1"], "invalid training option 'val_fraction': Input should be less than 1"),
         (["--lr", "nan"], "invalid training option 'lr': Input should be greater than 0"),
+        (["--precision", "fp8"], "invalid training option 'precision': Input should be 'fp32', 'bf16' or 'fp16'"),
+        (["--precision", "fp16", "--device", "cpu"], "precision fp16 needs a CUDA device"),
     ],
-    ids=["epochs-0", "optimizer", "val-fraction-1", "lr-nan"],
+    ids=["epochs-0", "optimizer", "val-fraction-1", "lr-nan", "precision-fp8", "fp16-on-cpu"],
 )
 def test_bad_training_options_via_cli(
     tmp_path: Path, shared_data: Path, cli_error: Callable[..., str], flags: list[str], needle: str

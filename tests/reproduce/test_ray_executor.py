@@ -189,3 +189,24 @@ def test_missing_ray_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "ray", None)  # makes `import ray` fail
     with pytest.raises(PermergeError, match=r"pip install 'permerge\[ray\]'"):
         RayExecutor()
+
+
+def test_cuda_runs_reserve_gpus() -> None:
+    """Ray hides GPUs from a task that reserved none: --device cuda must reserve them."""
+    pytest.importorskip("ray")
+    from permerge.reproduce.ray_executor import resources
+
+    t = TRAIN[0]
+    assert resources(t, RunContext(root="r", device="cpu")) == (1.0, 0.0)
+    assert resources(t, RunContext(root="r", device="auto")) == (1.0, 0.0)
+    assert resources(t, RunContext(root="r", device="cuda")) == (1.0, 1.0)
+    assert resources(t, RunContext(root="r", device="cuda:0"), gpus_per_run=0.25) == (1.0, 0.25)
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, 1.5])
+def test_bad_gpus_per_run(bad: float) -> None:
+    pytest.importorskip("ray")
+    from permerge.reproduce.ray_executor import RayExecutor
+
+    with pytest.raises(PermergeError, match="--gpus-per-run"):
+        RayExecutor(gpus_per_run=bad)

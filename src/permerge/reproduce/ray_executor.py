@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
@@ -73,6 +74,47 @@ def _loopback_only() -> Iterator[None]:
             os.environ[_LOOPBACK_ENV] = old_env
 
 
+def _host(address: str) -> str:
+    """The host part of ``HOST:PORT`` (``ray://HOST:PORT`` too); ``auto`` has none."""
+    return address.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
+
+
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail in seconds, not minutes: Ray retries an unreachable GCS for several minutes."""
+    if address == "auto" or ":" not in address:
+        return
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except ValueError:
+        raise PermergeError(f"bad Ray address {address!r}: expected auto or HOST:PORT") from None
+    except OSError as e:
+        raise PermergeError(f"cannot connect to the Ray cluster at {address!r}: nothing answers there ({e})") from None
+
+
+def _use_token_auth_if_available() -> None:
+    """Let the driver authenticate to a cluster started with token authentication.
+
+    ``ray start`` turns token authentication on by default, but a driver joining with
+    ``ray.init(address=...)`` only sends the token when ``RAY_AUTH_MODE=token``; otherwise every
+    call is refused and the connection times out after ~20 s with a generic error. When the user
+    has not chosen a mode and a token is at hand, switch it on: a cluster without
+    authentication accepts such a driver too. The variable is inherited by Ray's helpers.
+    """
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    token_file = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
+    if not (os.environ.get("RAY_AUTH_TOKEN") or os.path.isfile(token_file)):
+        return
+    os.environ["RAY_AUTH_MODE"] = "token"
+    try:  # Ray caches its config when imported: refresh it so this process sees the mode too
+        from ray._raylet import Config  # type: ignore[attr-defined]
+
+        Config.initialize("")
+    except (ImportError, AttributeError):  # an older Ray without token authentication
+        pass
+
+
 def _abs_ctx(ctx: RunContext, threads: int) -> RunContext:
     """Workers do not share the driver's working directory: send absolute paths.
 
@@ -85,6 +127,17 @@ def _abs_ctx(ctx: RunContext, threads: int) -> RunContext:
         data_root=os.path.abspath(ctx.data_root) if ctx.data_root else None,
         threads=threads,
     )
+
+
+def resources(task: Task, ctx: RunContext, gpus_per_run: float = 1.0) -> tuple[float, float]:
+    """(CPUs, GPUs) a Ray task reserves. With ``--device cuda`` every run reserves
+    ``gpus_per_run`` GPUs (a fraction packs several small runs on one GPU): Ray hides the GPUs
+    from a task that reserved none, so without this a cluster run would fail or fall back.
+    ``auto`` reserves none: it means "a GPU if this worker happens to see one"."""
+    gpus = task.gpus
+    if not gpus and ctx.device.startswith("cuda"):
+        gpus = gpus_per_run
+    return task.cpus, gpus
 
 
 def _failure(task: Task, error: BaseException) -> dict[str, Any]:
@@ -124,10 +177,19 @@ class RayExecutor:
 
     name = "ray"
 
-    def __init__(self, workers: int | None = None, address: str | None = None, timeout_s: float | None = None) -> None:
+    def __init__(
+        self,
+        workers: int | None = None,
+        address: str | None = None,
+        timeout_s: float | None = None,
+        gpus_per_run: float = 1.0,
+    ) -> None:
         if workers is not None and workers < 1:
             raise PermergeError(f"--workers must be at least 1, got {workers}")
+        if not 0 < gpus_per_run <= 1 and not (gpus_per_run > 1 and gpus_per_run.is_integer()):
+            raise PermergeError(f"--gpus-per-run must be a fraction in (0, 1] or a whole number, got {gpus_per_run}")
         self.workers = workers
+        self.gpus_per_run = gpus_per_run
         self.address = address
         self.timeout_s = timeout_s
         self._started = False
@@ -136,10 +198,17 @@ class RayExecutor:
         if ray.is_initialized():
             return  # the caller's Ray: use it, leave it running
         if address:
+            _check_reachable(address)
+            _use_token_auth_if_available()
+            on_loopback = _host(address) in {"127.0.0.1", "localhost"}
             try:
-                ray.init(address=address, log_to_driver=False)
+                with _loopback_only() if on_loopback else contextlib.nullcontext():
+                    ray.init(address=address, log_to_driver=False)
             except (ConnectionError, RuntimeError, ValueError) as e:
-                raise PermergeError(f"cannot connect to the Ray cluster at {address!r}: {e}") from e
+                raise PermergeError(
+                    f"cannot connect to the Ray cluster at {address!r}: {e} (is it running? with token "
+                    "authentication, put its token in ~/.ray/auth_token or RAY_AUTH_TOKEN)"
+                ) from e
             return
         with _loopback_only():
             ray.init(
@@ -178,7 +247,8 @@ class RayExecutor:
         for i, t in enumerate(tasks):
             # Task errors come back as results, never as exceptions, so a retry only happens
             # when the worker or node died; tasks are idempotent, so it is safe.
-            opts = remote.options(num_cpus=t.cpus, num_gpus=t.gpus, max_retries=1, name=t.label or t.kind)
+            cpus, gpus = resources(t, ctx, self.gpus_per_run)
+            opts = remote.options(num_cpus=cpus, num_gpus=gpus, max_retries=1, name=t.label or t.kind)
             refs[opts.remote(t, _abs_ctx(ctx, threads=max(1, int(t.cpus))))] = i
         results: list[dict[str, Any] | None] = [None] * len(tasks)
         pending = list(refs)

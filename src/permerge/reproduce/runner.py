@@ -38,6 +38,7 @@ def reproduce(
     progress: bool = True,
     dry_run: bool = False,
     store: str | Path | None = None,
+    gpus_per_run: float = 1.0,
 ) -> dict[str, Any]:
     """Run ``experiment`` into ``out``; runs live in ``store`` (default ``out``) under ``runs/``.
 
@@ -62,7 +63,11 @@ def reproduce(
     ctx = RunContext(
         root=str(store_root.resolve()), data_root=None if data_root is None else str(data_root), device=device
     )
-    ex = get_executor(executor, workers=workers, address=address)
+    ex = (
+        get_executor(executor, workers=workers, address=address, gpus_per_run=gpus_per_run)
+        if executor == "ray"
+        else get_executor(executor, workers=workers, address=address)
+    )
     t0 = time.perf_counter()
     log = progress and not sys.stderr.isatty()  # a line per run for logs and CI
     results: dict[str, dict[str, Any]] = {}
