@@ -42,6 +42,22 @@ def test_herding_is_argmin_not_argmax() -> None:
     assert herd_err < rand_err.min()
 
 
+def test_herding_matches_its_definition() -> None:
+    """The fast form (one matrix-vector product per pick) picks what the definition picks."""
+    g = torch.Generator().manual_seed(3)
+    feats = torch.rand(500, 64, generator=g)
+    f = feats.double()
+    mu, total, taken, expect = f.mean(0), torch.zeros(64, dtype=torch.float64), set(), []
+    for t in range(1, 31):
+        dist = ((mu - (total + f) / t) ** 2).sum(1)
+        dist[list(taken)] = float("inf")
+        i = int(dist.argmin())
+        expect.append(i)
+        taken.add(i)
+        total += f[i]
+    assert herding_order(feats, 30).tolist() == expect
+
+
 def test_herding_through_api_on_toy(toy: ImageSet) -> None:
     rs = reduce_dataset(toy, "herding", 3, progress=False)
     for c in range(3):
