@@ -20,8 +20,8 @@ import time
 
 import torch
 
-from permerge.data import load_dataset
 from permerge.api import test_spec
+from permerge.data import load_dataset
 from permerge.models import build_model, model_config_for
 from permerge.train import TrainConfig, evaluate, train_model
 
@@ -54,7 +54,8 @@ def main() -> None:
             if dev.type == "cuda":
                 torch.cuda.synchronize()
             times[p].append(time.perf_counter() - t0)
-    print(f"{args.model} on {args.dataset} ({len(data)} images), {dev}, {args.threads} thread(s), torch {torch.__version__}")
+    print(f"{args.model} on {args.dataset} ({len(data)} images), {dev}, {args.threads} thread(s)", end=", ")
+    print(f"torch {torch.__version__}")
     for p in precisions:
         acc = evaluate(models[p], test, device=dev)["acc"]
         print(f"  {p}: {statistics.median(times[p]):.2f} s/epoch (median of {args.epochs}), test acc {acc:.2f}%")

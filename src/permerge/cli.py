@@ -492,7 +492,13 @@ def _expand_multi(argv: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     args = _expand_multi(list(sys.argv[1:] if argv is None else argv))
     try:
-        app(args=args, standalone_mode=False)
+        # Outside standalone mode typer *returns* the code of a typer.Exit, and turns Ctrl-C
+        # into Exit(130): both must become the process's exit status.
+        code = app(args=args, standalone_mode=False)
+        if isinstance(code, int) and not isinstance(code, bool) and code != 0:
+            if code == 130:
+                err_console.print("interrupted")
+            sys.exit(code)
     except PermergeError as e:
         # escape: a message quoting "mnist[0-4]" or a path with brackets is not rich markup
         err_console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)

@@ -212,3 +212,22 @@ def test_sweep_runs_a_user_grid_from_the_cli(tmp_path: Path, shared_data: Path) 
         timeout=120,
     )
     assert bad.returncode == 2 and "yaml" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_failed_run_makes_the_command_fail(tmp_path: Path, shared_data: Path) -> None:
+    """typer hands a ``typer.Exit(1)`` back as a return value outside standalone mode; the
+    exit status used to be 0 when runs had failed."""
+    cfg = tmp_path / "grid.yaml"
+    cfg.write_text(
+        "name: diverges\nmodel: 'mlp:16'\npairs: [['mnist@20', 'fashion-mnist@20']]\nseeds: [0]\n"
+        "train: {epochs: 1, batch_size: 50}\n"
+        "merges: [{method: wm}, {method: ste, data: [full], options: {steps: 20, lr: 1.0e+30}}]\n"
+        "baselines: {joint: false, reduced_only: false}\n"
+    )
+    env = {**os.environ, "PERMERGE_DATA": str(shared_data), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "permerge", "sweep", str(cfg), "--out", str(tmp_path / "o"), "--workers", "1"]
+    p = subprocess.run([*cmd, "--json"], env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 1, (p.returncode, p.stderr[-2000:])
+    r = json.loads(p.stdout)
+    assert r["failed"] == 1 and r["finished"] >= 4  # the other runs finished and are reported
+    assert "STE diverged at step" in (tmp_path / "o" / "results.md").read_text()

@@ -157,6 +157,8 @@ def ste_method(problem: AlignProblem, opts: STEOptions) -> Alignment:
             optim.zero_grad(set_to_none=True)
             loss.backward()
             optim.step()
+            if not all(bool(torch.isfinite(p).all()) for p in params):  # a finite loss, an infinite step
+                raise AlignmentError(f"STE diverged at step {step} (non-finite proxy weights); lower --lr")
             if step % opts.eval_every == 0 or step == total:
                 final = project(perm, 100) if step == total else perm
                 if last_scored is None or any(not torch.equal(final[k], last_scored[k]) for k in final):
