@@ -18,8 +18,10 @@ def _assert_images_ok(images: torch.Tensor) -> None:
     ("method", "opts"),
     [
         ("dm", {"iterations": 25, "net": "convnet:8", "batch_real": 20, "lr_img": 5.0}),
+        ("dm", {"iterations": 25, "net": "convnet:8", "batch_real": 20, "lr_img": 5.0, "pool": 3}),
         ("dc", {"iterations": 12, "net": "mlp:64", "batch_real": 20}),
     ],
+    ids=["dm", "dm-trained-pool", "dc"],
 )
 def test_condensation_lowers_matching_loss(mnist20: ImageSet, method: str, opts: dict[str, object]) -> None:
     rs = reduce_dataset(mnist20, method, 1, init="noise", seed=0, progress=False, **opts)
@@ -38,6 +40,19 @@ def test_dsa_runs_and_is_deterministic(mnist20: ImageSet) -> None:
     assert torch.equal(a.images, b.images)
     _assert_images_ok(a.images)
     assert "flip" not in a.meta["info"]["augment_ops"]  # grayscale digits: no flip
+
+
+def test_dm_pool_trains_its_networks_and_is_deterministic(mnist20: ImageSet) -> None:
+    """With a pool the matching networks learn between uses, so the result differs from DM
+    with fresh random networks, and it is still a function of the seed alone."""
+    opts = {"iterations": 6, "net": "convnet:4", "batch_real": 8, "pool": 2, "pool_train_steps": 2}
+    a = reduce_dataset(mnist20, "dm", 1, seed=5, progress=False, **opts)
+    b = reduce_dataset(mnist20, "dm", 1, seed=5, progress=False, **opts)
+    plain = reduce_dataset(mnist20, "dm", 1, seed=5, progress=False, iterations=6, net="convnet:4", batch_real=8)
+    assert torch.equal(a.images, b.images)
+    assert not torch.equal(a.images, plain.images)
+    assert a.meta["hyperparameters"]["pool"] == 2
+    _assert_images_ok(a.images)
 
 
 def test_condensation_does_not_touch_global_rng(mnist20: ImageSet) -> None:

@@ -39,8 +39,18 @@ def dm(
     init: str = "herding",
     dsa: bool = True,
     flip: bool | None = None,
+    pool: int = 0,
+    pool_train_steps: int = 1,
+    pool_max_steps: int = 100,
+    pool_lr: float = 0.01,
 ) -> MethodResult:
-    """Match per-class mean embeddings under random networks; cheapest condensation method."""
+    """Match per-class mean embeddings under random networks; cheapest condensation method.
+
+    ``pool > 0`` matches under *partially trained* networks instead (the model sampling of
+    IDM, Zhao et al., CVPR 2023): a pool of ``pool`` networks, one used per iteration in turn,
+    then trained ``pool_train_steps`` SGD steps on a real balanced batch; a network is
+    re-initialised once it has had ``pool_max_steps`` steps, so the pool spans early training.
+    """
     factory, net_name = net_factory(ctx, net)
     aug = default_augment(ctx.data.image_shape[0], flip) if dsa else None
     syn, labels, start = init_synthetic(ctx, init)
@@ -48,11 +58,21 @@ def dm(
     opt = torch.optim.SGD([syn], lr=lr_img, momentum=momentum_img)
     sample_real = RealSampler(ctx)
     norm, g, k = ctx.data.normalization.apply, ctx.generator, ctx.ipc
+    nets: list[tuple[torch.nn.Module, int]] = []
     history: list[float] = []
     t0 = time.perf_counter()
     with progress_bar(iterations, f"dm ipc {k}", ctx.progress) as bar:
         for it in range(iterations):
-            model = fresh_net(factory, g, ctx.device).train()
+            if pool > 0:
+                slot = it % pool
+                if slot >= len(nets) or nets[slot][1] >= pool_max_steps:
+                    fresh = (fresh_net(factory, g, ctx.device).train(), 0)
+                    nets[slot : slot + 1] = [fresh]
+                model, trained = nets[slot]
+                _train_on_real(model, ctx, sample_real, pool_train_steps, pool_lr, batch_real)
+                nets[slot] = (model, trained + pool_train_steps)
+            else:
+                model = fresh_net(factory, g, ctx.device).train()
             for p in model.parameters():
                 p.requires_grad_(False)
             embed = embedder(model)
@@ -66,6 +86,9 @@ def dm(
                     mr = embed(norm(xr)).mean(0)
                 loss = loss + ((mr - embed(norm(xs)).mean(0)) ** 2).sum()
             (syn.grad,) = torch.autograd.grad(loss, [syn])
+            if pool > 0:
+                for p in model.parameters():
+                    p.requires_grad_(True)
             opt.step()
             clamp_(syn)
             history.append(finite_or_raise(loss, "dm", it) / len(ctx.classes))
@@ -81,3 +104,20 @@ def dm(
             "seconds_matching": time.perf_counter() - t0,
         },
     )
+
+
+def _train_on_real(
+    model: torch.nn.Module, ctx: ReduceContext, sample_real: RealSampler, steps: int, lr: float, per_class: int
+) -> None:
+    """A few SGD steps of ``model`` on balanced real batches (``per_class`` images per class)."""
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    norm = ctx.data.normalization.apply
+    per = max(1, per_class // 4)
+    for _ in range(steps):
+        parts = [sample_real(c, per) for c in ctx.classes]
+        x = torch.cat(parts)
+        y = torch.cat([torch.full((len(p),), c, dtype=torch.long) for p, c in zip(parts, ctx.classes, strict=True)])
+        loss = torch.nn.functional.cross_entropy(model(norm(x)), y.to(x.device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
