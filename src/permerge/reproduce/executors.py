@@ -11,6 +11,7 @@ import multiprocessing as mp
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 from typing import Any, Protocol
 
@@ -27,7 +28,7 @@ class Executor(Protocol):
         self, tasks: Sequence[Task], ctx: RunContext, on_result: OnResult | None = None
     ) -> list[dict[str, Any]]: ...
 
-    def close(self) -> None: ...
+    def close(self, abort: bool = False) -> None: ...
 
 
 _EXECUTORS: dict[str, Callable[..., Executor]] = {}
@@ -97,16 +98,53 @@ class LocalExecutor:
             self._pool.submit(execute, t, ctx): i for i, t in enumerate(tasks)
         }
         pending = set(futures)
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for f in done:
-                i = futures[f]
-                results[i] = f.result()
-                if on_result:
-                    on_result(tasks[i], results[i])  # type: ignore[arg-type]
+        try:
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for f in done:
+                    i = futures[f]
+                    try:
+                        results[i] = f.result()
+                    except BrokenProcessPool:
+                        # A worker died (OOM kill, kill -9): every run still in the pool fails
+                        # with it. Report them as failed runs, like the Ray executor does, and
+                        # start a new pool for what follows; nothing was written for them.
+                        results[i] = _died(tasks[i])
+                    if on_result:
+                        on_result(tasks[i], results[i])  # type: ignore[arg-type]
+        except BaseException:
+            self.close(abort=True)  # Ctrl-C: stop the workers now, not after their runs
+            raise
+        if any(r is not None and str(r.get("error") or "").startswith(_DIED) for r in results):
+            self.close(abort=True)
         return [r for r in results if r is not None]
 
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(cancel_futures=True)
-            self._pool = None
+    def close(self, abort: bool = False) -> None:
+        """Shut the pool down; ``abort`` terminates running workers instead of waiting for them
+        (safe: a run only becomes visible when its ``result.json`` is renamed into place)."""
+        if self._pool is None:
+            return
+        pool, self._pool = self._pool, None
+        if not abort:
+            pool.shutdown(cancel_futures=True)
+            return
+        processes = list((getattr(pool, "_processes", None) or {}).values())  # private, but stable since 3.2
+        pool.shutdown(wait=False, cancel_futures=True)
+        for proc in processes:
+            proc.terminate()
+        for proc in processes:
+            proc.join(timeout=10)
+
+
+_DIED = "worker process died"
+
+
+def _died(task: Task) -> dict[str, Any]:
+    return {
+        "status": "error",
+        "key": task.key,
+        "kind": task.kind,
+        "label": task.label,
+        "error": f"{_DIED} (killed, or out of memory?); rerun to retry",
+        "traceback": None,
+    }

@@ -275,8 +275,9 @@ class RayExecutor:
                     ray.cancel(ref, force=True)
         return [r for r in results if r is not None]
 
-    def close(self) -> None:
-        """Shut Ray down if this executor started it; a cluster or the caller's Ray stays up."""
+    def close(self, abort: bool = False) -> None:
+        """Shut Ray down if this executor started it; a cluster or the caller's Ray stays up.
+        (``abort`` changes nothing here: :meth:`run` already cancels its unfinished tasks.)"""
         if self._started:
             self._started = False
             self._ray.shutdown()

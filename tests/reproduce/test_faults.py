@@ -1,0 +1,110 @@
+"""Faults in the local process pool, for real: a worker killed by the OS (as the OOM killer
+does) and Ctrl-C in a terminal (SIGINT to the whole process group).
+
+A dead worker used to end the grid with a ``BrokenProcessPool`` traceback; Ctrl-C used to
+wait for the runs in flight to finish. Now the runs that were in the pool are reported as
+failed (exit status 1, the rest of the grid goes on, a rerun retries them), and Ctrl-C stops
+the workers at once (exit status 130).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+GRID = (
+    "name: faults\nmodel: 'mlp:64'\npairs: [['mnist@300', 'fashion-mnist@300']]\nseeds: [0, 1]\n"
+    "train: {epochs: 150, batch_size: 50}\nmerges: [{method: wm}]\nbaselines: {joint: false, reduced_only: false}\n"
+)
+
+
+def _workers(pid: int) -> list[int]:
+    """Pids of the pool's worker processes (children of ``pid`` running multiprocessing's spawn)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (d / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid and b"multiprocessing.spawn" in cmdline:
+            out.append(int(d.name))
+    return out
+
+
+def _start(tmp_path: Path, shared_data: Path, **popen: object) -> tuple[subprocess.Popen[str], list[str], dict[str, str]]:
+    cfg = tmp_path / "grid.yaml"
+    cfg.write_text(GRID)
+    env = {**os.environ, "PERMERGE_DATA": str(shared_data), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "permerge", "sweep", str(cfg), "--out", str(tmp_path / "o"), "--workers", "2"]
+    cmd += ["--json"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)  # type: ignore[call-overload]
+    return proc, cmd, env
+
+
+def _wait_for_workers(proc: subprocess.Popen[str], n: int = 2) -> list[int]:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        pids = _workers(proc.pid)
+        if len(pids) >= n:
+            time.sleep(4.0)  # imports done, runs under way (each training takes ~30 s)
+            return pids
+        time.sleep(0.2)
+    pytest.fail("the pool's workers did not start")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_a_killed_worker_fails_its_runs_not_the_grid(tmp_path: Path, shared_data: Path) -> None:
+    proc, cmd, env = _start(tmp_path, shared_data)
+    pids = _wait_for_workers(proc)
+    os.kill(pids[0], signal.SIGKILL)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1, (proc.returncode, err[-2000:])
+    assert "Traceback" not in err
+    r = json.loads(out)
+    assert r["failed"] >= 1
+    assert "worker process died" in (tmp_path / "o" / "results.md").read_text()
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert json.loads(again.stdout)["failed"] == 0  # the rerun retried what the dead worker lost
+
+
+@pytest.mark.parametrize("target", ["group", "main"])
+def test_ctrl_c_stops_the_workers_at_once(tmp_path: Path, shared_data: Path, target: str) -> None:
+    """``group``: a terminal's Ctrl-C; ``main``: ``kill -INT`` of the command (a scheduler,
+    ``timeout -s INT``), which used to wait for the runs in flight."""
+    proc, _, _ = _start(tmp_path, shared_data, start_new_session=True)
+    pids = _wait_for_workers(proc)
+    t0 = time.monotonic()
+    if target == "group":
+        os.killpg(proc.pid, signal.SIGINT)
+    else:
+        os.kill(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, (proc.returncode, err[-2000:])
+    assert time.monotonic() - t0 < 20, "waited for the runs in flight"
+    assert err.strip().splitlines()[-1] == "interrupted"
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_alive(p) for p in pids), "a worker outlived the command"
+    assert not list((tmp_path / "o").rglob("*.tmp"))
