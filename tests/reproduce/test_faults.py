@@ -43,7 +43,10 @@ def _workers(pid: int) -> list[int]:
     return out
 
 
-def _start(tmp_path: Path, shared_data: Path, **popen: object) -> tuple[subprocess.Popen[str], list[str], dict[str, str]]:
+Started = tuple[subprocess.Popen[str], list[str], dict[str, str]]
+
+
+def _start(tmp_path: Path, shared_data: Path, **popen: object) -> Started:
     cfg = tmp_path / "grid.yaml"
     cfg.write_text(GRID)
     env = {**os.environ, "PERMERGE_DATA": str(shared_data), "OMP_NUM_THREADS": "1"}
