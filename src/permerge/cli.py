@@ -6,7 +6,9 @@ User errors (:class:`PermergeError`) print one line and exit 2; no traceback.
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -489,7 +491,15 @@ def _expand_multi(argv: list[str]) -> list[str]:
     return out
 
 
+def _terminated(signum: int, _frame: object) -> None:
+    """SIGTERM (``kill``, a scheduler's time limit) unwinds like Ctrl-C: temporary files are
+    removed and a grid's workers are stopped instead of being orphaned; exit status 143."""
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> None:
+    if argv is None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminated)  # only as the program, not when called in tests
     args = _expand_multi(list(sys.argv[1:] if argv is None else argv))
     try:
         # Outside standalone mode typer *returns* the code of a typer.Exit, and turns Ctrl-C

@@ -1,5 +1,5 @@
 """Faults in the local process pool, for real: a worker killed by the OS (as the OOM killer
-does) and Ctrl-C in a terminal (SIGINT to the whole process group).
+does), Ctrl-C (SIGINT to the process group or to the command) and ``kill`` (SIGTERM).
 
 A dead worker used to end the grid with a ``BrokenProcessPool`` traceback; Ctrl-C used to
 wait for the runs in flight to finish. Now the runs that were in the pool are reported as
@@ -91,21 +91,24 @@ def test_a_killed_worker_fails_its_runs_not_the_grid(tmp_path: Path, shared_data
     assert json.loads(again.stdout)["failed"] == 0  # the rerun retried what the dead worker lost
 
 
-@pytest.mark.parametrize("target", ["group", "main"])
+@pytest.mark.parametrize("target", ["group", "main", "term"])
 def test_ctrl_c_stops_the_workers_at_once(tmp_path: Path, shared_data: Path, target: str) -> None:
-    """``group``: a terminal's Ctrl-C; ``main``: ``kill -INT`` of the command (a scheduler,
-    ``timeout -s INT``), which used to wait for the runs in flight."""
+    """``group``: a terminal's Ctrl-C; ``main``: ``kill -INT`` of the command, which used to
+    wait for the runs in flight; ``term``: ``kill`` (SIGTERM), which used to leave the workers
+    running as orphans."""
     proc, _, _ = _start(tmp_path, shared_data, start_new_session=True)
     pids = _wait_for_workers(proc)
     t0 = time.monotonic()
     if target == "group":
         os.killpg(proc.pid, signal.SIGINT)
     else:
-        os.kill(proc.pid, signal.SIGINT)
+        os.kill(proc.pid, signal.SIGTERM if target == "term" else signal.SIGINT)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, (proc.returncode, err[-2000:])
+    assert proc.returncode == (143 if target == "term" else 130), (proc.returncode, err[-2000:])
     assert time.monotonic() - t0 < 20, "waited for the runs in flight"
-    assert err.strip().splitlines()[-1] == "interrupted"
+    assert "Traceback" not in err
+    if target != "term":
+        assert err.strip().splitlines()[-1] == "interrupted"
     deadline = time.monotonic() + 10
     while any(_alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.2)
