@@ -98,6 +98,7 @@ class LocalExecutor:
             self._pool.submit(execute, t, ctx): i for i, t in enumerate(tasks)
         }
         pending = set(futures)
+        broken = False
         try:
             while pending:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
@@ -109,13 +110,14 @@ class LocalExecutor:
                         # A worker died (OOM kill, kill -9): every run still in the pool fails
                         # with it. Report them as failed runs, like the Ray executor does, and
                         # start a new pool for what follows; nothing was written for them.
-                        results[i] = _died(tasks[i])
+                        results[i] = failed_result(tasks[i], "worker process died (killed, or out of memory?)")
+                        broken = True
                     if on_result:
                         on_result(tasks[i], results[i])  # type: ignore[arg-type]
         except BaseException:
             self.close(abort=True)  # Ctrl-C: stop the workers now, not after their runs
             raise
-        if any(r is not None and str(r.get("error") or "").startswith(_DIED) for r in results):
+        if broken:
             self.close(abort=True)
         return [r for r in results if r is not None]
 
@@ -136,15 +138,14 @@ class LocalExecutor:
             proc.join(timeout=10)
 
 
-_DIED = "worker process died"
-
-
-def _died(task: Task) -> dict[str, Any]:
+def failed_result(task: Task, error: str) -> dict[str, Any]:
+    """The result of a run whose worker died: reported like a failed run, so the grid goes on;
+    nothing was written for it, so a rerun retries it."""
     return {
         "status": "error",
         "key": task.key,
         "kind": task.kind,
         "label": task.label,
-        "error": f"{_DIED} (killed, or out of memory?); rerun to retry",
+        "error": f"{error}; rerun to retry",
         "traceback": None,
     }

@@ -16,7 +16,7 @@ from dataclasses import replace
 from typing import Any
 
 from ..errors import PermergeError
-from .executors import OnResult, register_executor
+from .executors import OnResult, failed_result, register_executor
 from .tasks import RunContext, Task, execute
 
 _INSTALL_HINT = "the ray executor needs the optional extra: pip install 'permerge[ray]'"
@@ -74,20 +74,21 @@ def _loopback_only() -> Iterator[None]:
             os.environ[_LOOPBACK_ENV] = old_env
 
 
-def _host(address: str) -> str:
-    """The host part of ``HOST:PORT`` (``ray://HOST:PORT`` too); ``auto`` has none."""
-    return address.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
-
-
-def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
-    """Fail in seconds, not minutes: Ray retries an unreachable GCS for several minutes."""
+def _host_port(address: str) -> tuple[str, int] | None:
+    """``(host, port)`` of ``HOST:PORT`` (``ray://HOST:PORT`` too); None for ``auto``."""
     if address == "auto" or ":" not in address:
-        return
+        return None
     host, _, port = address.split("://", 1)[-1].rpartition(":")
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+        return host.strip("[]"), int(port)
     except ValueError:
         raise PermergeError(f"bad Ray address {address!r}: expected auto or HOST:PORT") from None
+
+
+def _check_reachable(address: str, host: str, port: int, timeout_s: float = 5.0) -> None:
+    """Fail in seconds, not minutes: Ray retries an unreachable GCS for several minutes."""
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
     except OSError as e:
         raise PermergeError(f"cannot connect to the Ray cluster at {address!r}: nothing answers there ({e})") from None
 
@@ -140,19 +141,6 @@ def resources(task: Task, ctx: RunContext, gpus_per_run: float = 1.0) -> tuple[f
     return task.cpus, gpus
 
 
-def _failure(task: Task, error: BaseException) -> dict[str, Any]:
-    """A task whose worker died (OOM kill, lost node) is reported like a failed task, so the
-    grid goes on; nothing is written, so a rerun retries it."""
-    return {
-        "status": "error",
-        "key": task.key,
-        "kind": task.kind,
-        "label": task.label,
-        "error": f"ray: {type(error).__name__}: {error}",
-        "traceback": None,
-    }
-
-
 @register_executor("ray")
 class RayExecutor:
     """Run each task as a Ray task that reserves ``task.cpus`` CPUs and ``task.gpus`` GPUs.
@@ -198,9 +186,11 @@ class RayExecutor:
         if ray.is_initialized():
             return  # the caller's Ray: use it, leave it running
         if address:
-            _check_reachable(address)
+            host_port = _host_port(address)
+            if host_port is not None:
+                _check_reachable(address, *host_port)
             _use_token_auth_if_available()
-            on_loopback = _host(address) in {"127.0.0.1", "localhost"}
+            on_loopback = host_port is not None and host_port[0] in {"127.0.0.1", "localhost"}
             try:
                 with _loopback_only() if on_loopback else contextlib.nullcontext():
                     ray.init(address=address, log_to_driver=False)
@@ -266,7 +256,7 @@ class RayExecutor:
                     try:
                         results[i] = ray.get(ref)
                     except Exception as e:  # noqa: BLE001 - a dead worker fails its task, not the grid
-                        results[i] = _failure(tasks[i], e)
+                        results[i] = failed_result(tasks[i], f"ray: {type(e).__name__}: {e}")
                     if on_result:
                         on_result(tasks[i], results[i])  # type: ignore[arg-type]
         finally:

@@ -109,8 +109,9 @@ def dm(
 def _train_on_real(
     model: torch.nn.Module, ctx: ReduceContext, sample_real: RealSampler, steps: int, lr: float, per_class: int
 ) -> None:
-    """A few SGD steps of ``model`` on balanced real batches (``per_class`` images per class)."""
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    """A few plain SGD steps of ``model`` on balanced real batches (``per_class / 4`` images per
+    class); no momentum, since the optimiser does not outlive one call."""
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
     norm = ctx.data.normalization.apply
     per = max(1, per_class // 4)
     for _ in range(steps):
