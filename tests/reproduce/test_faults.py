@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from _procs import alive, children
 
 pytestmark = pytest.mark.slow
 
@@ -29,18 +30,7 @@ GRID = (
 
 def _workers(pid: int) -> list[int]:
     """Pids of the pool's worker processes (children of ``pid`` running multiprocessing's spawn)."""
-    out = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            cmdline = (d / "cmdline").read_bytes()
-        except (OSError, IndexError, ValueError):
-            continue
-        if ppid == pid and b"multiprocessing.spawn" in cmdline:
-            out.append(int(d.name))
-    return out
+    return [c for c, cmdline in children(pid).items() if b"multiprocessing.spawn" in cmdline]
 
 
 Started = tuple[subprocess.Popen[str], list[str], dict[str, str]]
@@ -66,14 +56,6 @@ def _wait_for_workers(proc: subprocess.Popen[str], n: int = 2) -> list[int]:
             return pids
         time.sleep(0.2)
     pytest.fail("the pool's workers did not start")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def test_a_killed_worker_fails_its_runs_not_the_grid(tmp_path: Path, shared_data: Path) -> None:
@@ -110,7 +92,7 @@ def test_ctrl_c_stops_the_workers_at_once(tmp_path: Path, shared_data: Path, tar
     if target != "term":
         assert err.strip().splitlines()[-1] == "interrupted"
     deadline = time.monotonic() + 10
-    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not any(_alive(p) for p in pids), "a worker outlived the command"
+    assert not any(alive(p) for p in pids), "a worker outlived the command"
     assert not list((tmp_path / "o").rglob("*.tmp"))

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _procs import descendants
 
 from permerge.errors import PermergeError
 from permerge.reproduce.executors import LocalExecutor, get_executor
@@ -107,25 +108,6 @@ def test_rerun_returns_cached_results(grids: dict[str, Any], ray_executor: Any) 
     assert again[0]["scores"] == grids["ray"][0]["scores"]
 
 
-def _descendants(pid: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(d.name))
-    out: set[int] = set()
-    todo = [pid]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            if c not in out:
-                out.add(c)
-                todo.append(c)
-    return out
-
-
 def _listening_addresses(pids: set[int]) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
     """Local addresses of the TCP sockets these processes listen on (from /proc)."""
     inodes: set[str] = set()
@@ -162,7 +144,7 @@ def test_local_ray_uses_loopback_only(ray_executor: Any) -> None:
     assert {n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]} == {"127.0.0.1"}
     if not sys.platform.startswith("linux"):
         return
-    addrs = _listening_addresses(_descendants(os.getpid()))
+    addrs = _listening_addresses(descendants(os.getpid()))
     assert addrs, "found no listening sockets of the Ray processes"
     public = [
         a

@@ -1,0 +1,45 @@
+"""Linux process-table helpers for the tests that start, kill and inspect real processes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def stat_fields(pid: int) -> list[str] | None:
+    """Fields of ``/proc/<pid>/stat`` after the command name (state first, then ppid), or None."""
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def children(pid: int) -> dict[int, bytes]:
+    """Direct children of ``pid`` with their command lines."""
+    out = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        fields = stat_fields(int(d.name))
+        if fields is None or int(fields[1]) != pid:
+            continue
+        try:
+            out[int(d.name)] = (d / "cmdline").read_bytes()
+        except OSError:
+            continue
+    return out
+
+
+def descendants(pid: int) -> set[int]:
+    out: set[int] = set()
+    todo = [pid]
+    while todo:
+        for c in children(todo.pop()):
+            if c not in out:
+                out.add(c)
+                todo.append(c)
+    return out
+
+
+def alive(pid: int) -> bool:
+    fields = stat_fields(pid)
+    return fields is not None and fields[0] != "Z"
