@@ -80,7 +80,11 @@ def train(
     weight_decay: float = 0.0,
     schedule: str = "constant",
     augment: Annotated[
-        bool | None, typer.Option("--augment/--no-augment", help="crop+flip; default on for cifar10")
+        str | None,
+        typer.Option(
+            help="none, crop-flip (pad-4 crop + flip) or dsa (one random DSA operation per batch, for "
+            "a few images per class); default crop-flip for CIFAR-10, none otherwise"
+        ),
     ] = None,
     val_fraction: float = 1 / 12,
     precision: Annotated[
@@ -93,7 +97,8 @@ def train(
 ) -> None:
     """Train a model on one dataset (a validation part is held out) and save it."""
     if augment is None:
-        augment = all(d.startswith(("cifar", "npz", "folder")) and "mnist" not in d for d in dataset)
+        colour = all(d.startswith(("cifar", "npz", "folder")) and "mnist" not in d for d in dataset)
+        augment = "crop-flip" if colour else "none"
     ckpt = api.train(
         dataset[0] if len(dataset) == 1 else dataset,
         model=model,

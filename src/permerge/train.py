@@ -10,9 +10,10 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
+from .augment import default_augment
 from .data import ImageSet
 from .data.transforms import random_crop_flip
 from .progress import progress_bar
@@ -31,12 +32,20 @@ class TrainConfig(BaseModel):
     weight_decay: float = Field(0.0, ge=0)
     schedule: Literal["constant", "cosine", "warmup-linear"] = "constant"
     warmup_epochs: int = Field(0, ge=0)
-    augment: bool = False  # pad-4 crop + horizontal flip (for CIFAR)
+    # "crop-flip": pad-4 crop + horizontal flip (the CIFAR standard); "dsa": one random DSA
+    # operation per batch (crop/scale/rotate/cutout/colour, no flip for grayscale), for
+    # training on a few images per class. true/false in older configs mean crop-flip/none.
+    augment: Literal["none", "crop-flip", "dsa"] = "none"
     val_fraction: float = Field(1 / 12, ge=0, lt=1)  # 5,000 of MNIST's 60,000
     # Mixed precision: forward/backward under autocast, weights and optimiser state stay fp32.
     # bf16 needs no loss scaling and works on CPU and recent GPUs; fp16 (CUDA only) uses a
     # dynamic loss scaler. Evaluation and merging always run in fp32.
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+
+    @field_validator("augment", mode="before")
+    @classmethod
+    def _bool_augment(cls, v: object) -> object:
+        return {True: "crop-flip", False: "none"}.get(v, v) if isinstance(v, bool) else v
 
 
 @dataclass
@@ -107,6 +116,7 @@ def train_model(
     steps_per_epoch = max(1, math.ceil(len(data) / cfg.batch_size))
     total = cfg.epochs * steps_per_epoch
     weights = data.weights
+    dsa = default_augment(data.image_shape[0]) if cfg.augment == "dsa" else None
     step, last_loss = 0, float("nan")
     t0 = time.perf_counter()
     with progress_bar(total, description, enabled=progress) as bar:
@@ -114,10 +124,13 @@ def train_model(
             order = torch.randperm(len(data), generator=g)
             for start in range(0, len(data), cfg.batch_size):
                 idx = order[start : start + cfg.batch_size]
-                x = data.to_input(data.images[idx], device)
+                if dsa is not None:
+                    x = data.normalization.apply(dsa(data.to_pixels(data.images[idx], device), dsa.sample(g)))
+                else:
+                    x = data.to_input(data.images[idx], device)
+                    if cfg.augment == "crop-flip":
+                        x = random_crop_flip(x.cpu(), g).to(device)
                 y = data.labels[idx].to(device)
-                if cfg.augment:
-                    x = random_crop_flip(x.cpu(), g).to(device)
                 for group in opt.param_groups:
                     group["lr"] = _lr_at(cfg, step, total, steps_per_epoch)
                 with torch.autocast(dev_type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):

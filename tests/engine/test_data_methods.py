@@ -54,6 +54,22 @@ def test_ste_is_deterministic(trained_pair, merge_data: MergeData) -> None:
         assert torch.equal(v, r2.model.state_dict()[k])
 
 
+def test_ste_with_augmented_merge_batches(trained_pair, merge_data: MergeData) -> None:
+    """``augment=dsa`` changes the batches STE sees (so the merge), stays a function of the
+    seed, and keeps the labels: an augmented batch is the plain batch transformed."""
+    a, b = trained_pair
+    opts = {"steps": 20, "eval_every": 5, "augment": "dsa"}
+    r1 = merge_models(a, b, method="ste", data=merge_data, options=opts, progress=False)
+    r2 = merge_models(a, b, method="ste", data=merge_data, options=opts, progress=False)
+    assert all(torch.equal(v, r2.model.state_dict()[k]) for k, v in r1.model.state_dict().items())
+    assert r1.info["align"]["score_loss_best"] <= r1.info["align"]["score_loss_initial"]
+    plain = merge_data.balanced_batches(40, torch.Generator().manual_seed(0))
+    augmented = merge_data.balanced_batches(40, torch.Generator().manual_seed(0), augment=True)
+    (xp, yp), (xa, ya) = next(plain), next(augmented)
+    assert torch.equal(yp, ya) and xp.shape == xa.shape and not torch.equal(xp, xa)
+    assert bool(torch.isfinite(xa).all())
+
+
 def test_bn_reset_rescues_merged_vgg(data_root) -> None:  # type: ignore[no-untyped-def]
     from permerge.data import load_dataset
     from permerge.train import TrainConfig, train_model

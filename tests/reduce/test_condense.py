@@ -3,9 +3,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from permerge.augment import SiameseAugment, default_augment
 from permerge.data import ImageSet
+from permerge.errors import PermergeError
 from permerge.reduce import reduce_dataset
-from permerge.reduce.augment import SiameseAugment, default_augment
 from permerge.reduce.condense import gradient_distance
 
 
@@ -20,8 +21,23 @@ def _assert_images_ok(images: torch.Tensor) -> None:
         ("dm", {"iterations": 25, "net": "convnet:8", "batch_real": 20, "lr_img": 5.0}),
         ("dm", {"iterations": 25, "net": "convnet:8", "batch_real": 20, "lr_img": 5.0, "pool": 3}),
         ("dc", {"iterations": 12, "net": "mlp:64", "batch_real": 20}),
+        (
+            "mtt",
+            {
+                "iterations": 30,
+                "net": "mlp:64",
+                "experts": 1,
+                "expert_epochs": 3,
+                "max_start_epoch": 1,
+                "match_epochs": 2,
+                "syn_steps": 5,
+                "lr_teacher": 0.05,
+                "batch_teacher": 20,
+                "lr_img": 30.0,
+            },
+        ),
     ],
-    ids=["dm", "dm-trained-pool", "dc"],
+    ids=["dm", "dm-trained-pool", "dc", "mtt"],
 )
 def test_condensation_lowers_matching_loss(mnist20: ImageSet, method: str, opts: dict[str, object]) -> None:
     rs = reduce_dataset(mnist20, method, 1, init="noise", seed=0, progress=False, **opts)
@@ -53,6 +69,33 @@ def test_dm_pool_trains_its_networks_and_is_deterministic(mnist20: ImageSet) -> 
     assert not torch.equal(a.images, plain.images)
     assert a.meta["hyperparameters"]["pool"] == 2
     _assert_images_ok(a.images)
+
+
+def test_mtt_is_deterministic_and_learns_its_step_size(mnist20: ImageSet) -> None:
+    opts = {
+        "iterations": 3,
+        "net": "mlp:32",
+        "experts": 2,
+        "expert_epochs": 2,
+        "max_start_epoch": 1,
+        "match_epochs": 1,
+        "syn_steps": 3,
+        "batch_syn": 7,
+        "batch_teacher": 50,
+        "dsa": True,
+    }
+    a = reduce_dataset(mnist20, "mtt", 2, seed=1, progress=False, **opts)
+    b = reduce_dataset(mnist20, "mtt", 2, seed=1, progress=False, **opts)
+    assert torch.equal(a.images, b.images)
+    _assert_images_ok(a.images)
+    info = a.meta["info"]
+    assert info["learned_lr"] > 0 and info["learned_lr"] != 0.01  # the student's step size is trained too
+    assert info["net"] == "mlp:32" and "flip" not in info["augment_ops"]
+
+
+def test_mtt_rejects_a_window_past_the_expert_trajectory(mnist20: ImageSet) -> None:
+    with pytest.raises(PermergeError, match="expert_epochs"):
+        reduce_dataset(mnist20, "mtt", 1, progress=False, expert_epochs=3, max_start_epoch=2, match_epochs=2)
 
 
 def test_condensation_does_not_touch_global_rng(mnist20: ImageSet) -> None:

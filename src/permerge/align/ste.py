@@ -40,6 +40,9 @@ class STEOptions(BaseModel):
     eval_every: int = Field(10, ge=1, description="score the current permutation every N steps")
     eval_samples: int = Field(2000, ge=10, description="merge samples per source used to score")
     holdout: float = Field(0.0, ge=0, lt=0.5, description="fraction of each source kept out for scoring")
+    augment: Literal["none", "dsa"] = Field(
+        "none", description="dsa: one random DSA operation per source per batch (a few images per class)"
+    )
     seed: int = 0
 
     @model_validator(mode="after")
@@ -138,7 +141,7 @@ def ste_method(problem: AlignProblem, opts: STEOptions) -> Alignment:
     best_perm, best_loss, best_step = perm, score(perm), 0
     initial_loss = best_loss
     history: list[dict[str, float]] = [{"step": 0, "score_loss": best_loss}]
-    batches = data.balanced_batches(opts.batch_size, g, device=dev)
+    batches = data.balanced_batches(opts.batch_size, g, device=dev, augment=opts.augment == "dsa")
     proj_time = 0.0
     last_scored: dict[str, torch.Tensor] | None = None
     model.train()

@@ -84,11 +84,14 @@ class ImageSet(Dataset[tuple[torch.Tensor, int]]):
         c, h, w = self.images.shape[1:]
         return int(c), int(h), int(w)
 
+    def to_pixels(self, images: torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:
+        """Stored images (uint8 or [0,1] float) as float [0, 1] pixels: the space augmentations act in."""
+        x = images.to(device) if device is not None else images
+        return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+
     def to_input(self, images: torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:
         """Convert stored images (uint8 or [0,1] float) to normalised model input."""
-        x = images.to(device) if device is not None else images
-        x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
-        return self.normalization.apply(x)
+        return self.normalization.apply(self.to_pixels(images, device))
 
     def class_counts(self) -> torch.Tensor:
         return torch.bincount(self.labels, minlength=self.num_classes)

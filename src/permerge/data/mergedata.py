@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..augment import default_augment
 from ..errors import DataError
 from .imageset import ImageSet, concat
 
@@ -61,9 +62,17 @@ class MergeData:
         return parts[0] if len(parts) == 1 else concat(parts)
 
     def balanced_batches(
-        self, batch_size: int, generator: torch.Generator, device: str | torch.device = "cpu"
+        self,
+        batch_size: int,
+        generator: torch.Generator,
+        device: str | torch.device = "cpu",
+        augment: bool = False,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """An endless stream of batches, ``batch_size // len(sources)`` from each source."""
+        """An endless stream of batches, ``batch_size // len(sources)`` from each source.
+
+        ``augment``: each source's share goes through one random DSA operation (pixel scale,
+        before that source's normalisation; no flip for grayscale sources)."""
+        augs = [default_augment(s.image_shape[0]) if augment else None for s in self.sources]
         k = len(self.sources)
         share = max(1, batch_size // k)
         orders = [torch.randperm(len(s), generator=generator) for s in self.sources]
@@ -77,7 +86,11 @@ class MergeData:
                     pos[i] = 0
                 idx = orders[i][pos[i] : pos[i] + take]
                 pos[i] += take
-                xs.append(s.to_input(s.images[idx], device))
+                aug = augs[i]
+                if aug is None:
+                    xs.append(s.to_input(s.images[idx], device))
+                else:
+                    xs.append(s.normalization.apply(aug(s.to_pixels(s.images[idx], device), aug.sample(generator))))
                 ys.append(s.labels[idx].to(device))
             yield torch.cat(xs), torch.cat(ys)
 

@@ -99,8 +99,7 @@ class RealSampler:
     def __call__(self, c: int, n: int) -> torch.Tensor:
         idx = self.index[c]
         pick = idx[torch.randperm(len(idx), generator=self.g)[:n]]
-        x = self.data.images[pick].to(self.device)
-        return x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+        return self.data.to_pixels(self.data.images[pick], self.device)
 
 
 def init_synthetic(ctx: ReduceContext, init: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -124,8 +123,7 @@ def init_synthetic(ctx: ReduceContext, init: str) -> tuple[torch.Tensor, torch.T
         else:
             picks.append(idx[torch.randperm(len(idx), generator=ctx.generator)[: ctx.ipc]])
     sel = torch.cat(picks)
-    x = ctx.data.images[sel]
-    imgs = x.float() / 255.0 if x.dtype == torch.uint8 else x.float().clone()
+    imgs = ctx.data.to_pixels(ctx.data.images[sel]).clone()
     return imgs.to(ctx.device), labels.to(ctx.device), sel
 
 

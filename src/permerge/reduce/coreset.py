@@ -29,6 +29,5 @@ def select_per_class(
             raise RuntimeError(f"selector returned {local.tolist()} for k={ctx.ipc} (bug)")
         chosen.append(idx[local])
     sel = torch.cat(chosen)
-    x = ctx.data.images[sel]
-    images = x.float() / 255.0 if x.dtype == torch.uint8 else x.float().clone()
+    images = ctx.data.to_pixels(ctx.data.images[sel]).clone()
     return MethodResult(images=images, labels=ctx.data.labels[sel].clone(), source_indices=sel, info=dict(info or {}))

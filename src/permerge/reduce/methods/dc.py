@@ -13,8 +13,8 @@ import time
 
 import torch
 
+from ...augment import SiameseAugment
 from ...progress import progress_bar
-from ..augment import SiameseAugment
 from ..condense import (
     RealSampler,
     clamp_,

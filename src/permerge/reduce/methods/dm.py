@@ -13,8 +13,8 @@ import time
 
 import torch
 
+from ...augment import default_augment
 from ...progress import progress_bar
-from ..augment import default_augment
 from ..condense import (
     RealSampler,
     clamp_,

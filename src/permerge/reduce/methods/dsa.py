@@ -1,13 +1,13 @@
 """``dsa``: gradient matching with differentiable siamese augmentation (Zhao & Bilen, ICML 2021).
 
 The DC loop (:mod:`.dc`) where every real/synthetic pair of batches goes through one shared
-random transformation (see :mod:`permerge.reduce.augment`), and the inner training of the
+random transformation (see :mod:`permerge.augment`), and the inner training of the
 network on the synthetic set is augmented too.
 """
 
 from __future__ import annotations
 
-from ..augment import default_augment
+from ...augment import default_augment
 from ..registry import MethodResult, ReduceContext, register_method
 from .dc import gradient_matching
 

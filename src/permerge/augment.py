@@ -10,6 +10,12 @@ Operations act on pixel-scale images (before normalisation): ``color`` (brightne
 saturation for RGB, contrast), ``crop`` (translation with zero fill), ``cutout`` (one
 zeroed square), ``flip`` (horizontal; off for digits, where it changes the class
 semantics), ``scale`` and ``rotate``. Geometric ones are a single affine resampling.
+
+The same augmentation trains models on a few images per class (``TrainConfig.augment =
+"dsa"``, the evaluation protocol of the DSA/DM papers) and augments STE merge batches:
+with ten images per class a network memorises the set, and cheap label-preserving
+transformations are the only extra data there is. Shared by training, reduction and
+merging, so it lives at the package top level.
 """
 
 from __future__ import annotations
