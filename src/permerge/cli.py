@@ -387,6 +387,8 @@ def sweep(
         float, typer.Option("--gpus-per-run", help="ray with --device cuda: GPUs each run reserves (0.25: 4 per GPU)")
     ] = 1.0,
     store: Annotated[Path | None, typer.Option("--store", help="where runs are kept (default: --out)")] = None,
+    seeds: Annotated[str | None, typer.Option("--seeds", help="override the seeds, e.g. 0,1,2")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="list the runs and stop")] = False,
     data_root: DataRoot = None,
     device: Device = "cpu",
     quiet: Quiet = False,
@@ -403,6 +405,8 @@ def sweep(
         address=address,
         gpus_per_run=gpus_per_run,
         store=store,
+        seeds=seeds,
+        dry_run=dry_run,
         data_root=data_root,
         device=device,
         quiet=quiet,
