@@ -281,7 +281,9 @@ def merge_many(
 @app.command()
 def reduce(
     dataset: Annotated[str, typer.Option("--dataset", "-d", help="dataset spec whose training split is reduced")],
-    method: Annotated[str, typer.Option("--method", help="random, herding, kcenter, el2n, uncertainty, dc, dsa, dm")],
+    method: Annotated[
+        str, typer.Option("--method", help="random, herding, kcenter, el2n, uncertainty, dc, dsa, dm, mtt")
+    ],
     ipc: Annotated[int, typer.Option("--ipc", help="images per class")],
     out: Annotated[Path, typer.Option("--out", "-o", help="output .safetensors (a .json and .png are written beside)")],
     model: Annotated[str | None, typer.Option("--model", help="checkpoint or architecture")] = None,

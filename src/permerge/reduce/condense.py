@@ -21,7 +21,7 @@ from ..errors import PermergeError
 from ..models import build_model, model_config_for
 from .convnet import ConvNet
 from .features import last_linear
-from .registry import ReduceContext
+from .registry import MethodResult, ReduceContext
 
 NetFactory = Callable[[], nn.Module]
 
@@ -155,3 +155,25 @@ def finite_or_raise(loss: torch.Tensor, method: str, it: int) -> float:
 
 def cross_entropy(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(net(x), y)
+
+
+def synthetic_result(
+    syn: torch.Tensor,
+    labels: torch.Tensor,
+    start: torch.Tensor | None,
+    history: list[float],
+    net_name: str,
+    **info: object,
+) -> MethodResult:
+    """What every condensation method returns: the images, and in ``info`` the matching-loss
+    history, the matching network and the real samples it started from (for the record)."""
+    return MethodResult(
+        images=syn.detach().cpu().clone(),
+        labels=labels.cpu(),
+        info={
+            "loss_history": history,
+            "net": net_name,
+            "init_indices": None if start is None else start.tolist(),
+            **info,
+        },
+    )

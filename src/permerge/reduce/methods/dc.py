@@ -24,6 +24,7 @@ from ..condense import (
     gradient_distance,
     init_synthetic,
     net_factory,
+    synthetic_result,
 )
 from ..registry import MethodResult, ReduceContext, register_method
 
@@ -104,18 +105,8 @@ def gradient_matching(
                         net_opt.step()
             history.append(total / outer)
             bar.advance(loss=history[-1])
-    return MethodResult(
-        images=syn.detach().cpu().clone(),
-        labels=labels.cpu(),
-        info={
-            "loss_history": history,
-            "net": net_name,
-            "outer_loop": outer,
-            "inner_loop": inner,
-            "init_indices": None if start is None else start.tolist(),
-            "seconds_matching": time.perf_counter() - t0,
-        },
-    )
+    extra = {"outer_loop": outer, "inner_loop": inner, "seconds_matching": time.perf_counter() - t0}
+    return synthetic_result(syn, labels, start, history, net_name, **extra)
 
 
 @register_method("dc", kind="condensation")

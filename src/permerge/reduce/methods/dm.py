@@ -23,6 +23,7 @@ from ..condense import (
     fresh_net,
     init_synthetic,
     net_factory,
+    synthetic_result,
 )
 from ..registry import MethodResult, ReduceContext, register_method
 
@@ -93,17 +94,8 @@ def dm(
             clamp_(syn)
             history.append(finite_or_raise(loss, "dm", it) / len(ctx.classes))
             bar.advance(loss=history[-1])
-    return MethodResult(
-        images=syn.detach().cpu().clone(),
-        labels=labels.cpu(),
-        info={
-            "loss_history": history,
-            "net": net_name,
-            "augment_ops": None if aug is None else list(aug.ops),
-            "init_indices": None if start is None else start.tolist(),
-            "seconds_matching": time.perf_counter() - t0,
-        },
-    )
+    extra = {"augment_ops": None if aug is None else list(aug.ops), "seconds_matching": time.perf_counter() - t0}
+    return synthetic_result(syn, labels, start, history, net_name, **extra)
 
 
 def _train_on_real(

@@ -29,7 +29,7 @@ from torch.func import functional_call
 from ...augment import default_augment
 from ...errors import PermergeError
 from ...progress import progress_bar
-from ..condense import NetFactory, clamp_, finite_or_raise, fresh_net, init_synthetic, net_factory
+from ..condense import NetFactory, clamp_, finite_or_raise, fresh_net, init_synthetic, net_factory, synthetic_result
 from ..registry import MethodResult, ReduceContext, register_method
 
 
@@ -160,16 +160,10 @@ def mtt(
                 syn_lr.clamp_(min=1e-6)  # a negative step size would train the student backwards
             history.append(value)
             bar.advance(loss=value)
-    return MethodResult(
-        images=syn.detach().cpu().clone(),
-        labels=labels.cpu(),
-        info={
-            "loss_history": history,
-            "net": net_name,
-            "learned_lr": float(syn_lr.detach()),
-            "augment_ops": None if aug is None else list(aug.ops),
-            "init_indices": None if start is None else start.tolist(),
-            "seconds_experts": seconds_experts,
-            "seconds_matching": time.perf_counter() - t0 - seconds_experts,
-        },
-    )
+    extra = {
+        "learned_lr": float(syn_lr.detach()),
+        "augment_ops": None if aug is None else list(aug.ops),
+        "seconds_experts": seconds_experts,
+        "seconds_matching": time.perf_counter() - t0 - seconds_experts,
+    }
+    return synthetic_result(syn, labels, start, history, net_name, **extra)
