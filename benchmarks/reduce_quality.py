@@ -62,7 +62,10 @@ def pick_hparams(train: ImageSet, val: ImageSet, augments: list[str]) -> tuple[s
     for augment in augments:
         for lr in LRS:
             for ep in EPOCHS[augment]:
-                acc = train_eval(train, val, augment, lr, ep, seed=0)
+                try:
+                    acc = train_eval(train, val, augment, lr, ep, seed=0)
+                except FloatingPointError:  # this grid point diverged (high lr on a tiny set): never chosen
+                    continue
                 if acc > best[3]:
                     best = (augment, lr, ep, acc)
     return best
