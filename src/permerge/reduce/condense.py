@@ -123,7 +123,7 @@ def init_synthetic(ctx: ReduceContext, init: str) -> tuple[torch.Tensor, torch.T
         else:
             picks.append(idx[torch.randperm(len(idx), generator=ctx.generator)[: ctx.ipc]])
     sel = torch.cat(picks)
-    imgs = ctx.data.to_pixels(ctx.data.images[sel]).clone()
+    imgs = ctx.data.to_pixels(ctx.data.images[sel])  # indexing copies: no alias of the dataset
     return imgs.to(ctx.device), labels.to(ctx.device), sel
 
 

@@ -29,5 +29,5 @@ def select_per_class(
             raise RuntimeError(f"selector returned {local.tolist()} for k={ctx.ipc} (bug)")
         chosen.append(idx[local])
     sel = torch.cat(chosen)
-    images = ctx.data.to_pixels(ctx.data.images[sel]).clone()
+    images = ctx.data.to_pixels(ctx.data.images[sel])  # indexing copies: no alias of the dataset
     return MethodResult(images=images, labels=ctx.data.labels[sel].clone(), source_indices=sel, info=dict(info or {}))
