@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from _procs import default_sigint
+
 pytestmark = pytest.mark.slow
 
 STARTUP_S = 8.0  # imports and data loading; every command below then runs for a minute or more
@@ -30,6 +32,7 @@ def _interrupt(args: list[str], env: dict[str, str]) -> subprocess.CompletedProc
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=default_sigint,
     )
     time.sleep(STARTUP_S)
     assert proc.poll() is None, f"finished before the interrupt: {proc.communicate()[1][-2000:]}"

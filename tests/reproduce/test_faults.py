@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 
 import pytest
-from _procs import alive, children
+
+from _procs import alive, children, default_sigint
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +43,9 @@ def _start(tmp_path: Path, shared_data: Path, **popen: object) -> Started:
     env = {**os.environ, "PERMERGE_DATA": str(shared_data), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "permerge", "sweep", str(cfg), "--out", str(tmp_path / "o"), "--workers", "2"]
     cmd += ["--json"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)  # type: ignore[call-overload]
+    proc = subprocess.Popen(  # type: ignore[call-overload]
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint, **popen
+    )
     return proc, cmd, env
 
 

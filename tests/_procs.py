@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
+
+
+def default_sigint() -> None:
+    """``preexec_fn`` for a child that must react to Ctrl-C. A shell starts background jobs with
+    SIGINT ignored and children inherit that; Python then never raises KeyboardInterrupt, so a
+    suite launched in the background (``nohup make test &``) would fail every SIGINT test."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def stat_fields(pid: int) -> list[str] | None:
