@@ -124,12 +124,9 @@ def train_model(
             order = torch.randperm(len(data), generator=g)
             for start in range(0, len(data), cfg.batch_size):
                 idx = order[start : start + cfg.batch_size]
-                if dsa is not None:
-                    x = data.normalization.apply(dsa(data.to_pixels(data.images[idx], device), dsa.sample(g)))
-                else:
-                    x = data.to_input(data.images[idx], device)
-                    if cfg.augment == "crop-flip":
-                        x = random_crop_flip(x.cpu(), g).to(device)
+                x = data.to_input(data.images[idx], device, augment=dsa, generator=g)
+                if cfg.augment == "crop-flip":
+                    x = random_crop_flip(x.cpu(), g).to(device)
                 y = data.labels[idx].to(device)
                 for group in opt.param_groups:
                     group["lr"] = _lr_at(cfg, step, total, steps_per_epoch)

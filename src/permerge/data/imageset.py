@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch.utils.data import Dataset
 
+from ..augment import SiameseAugment
 from ..errors import DataError
 
 
@@ -89,9 +90,22 @@ class ImageSet(Dataset[tuple[torch.Tensor, int]]):
         x = images.to(device) if device is not None else images
         return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
 
-    def to_input(self, images: torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:
-        """Convert stored images (uint8 or [0,1] float) to normalised model input."""
-        return self.normalization.apply(self.to_pixels(images, device))
+    def to_input(
+        self,
+        images: torch.Tensor,
+        device: torch.device | str | None = None,
+        augment: SiameseAugment | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Convert stored images (uint8 or [0,1] float) to normalised model input; with
+        ``augment``, one random DSA operation (drawn from ``generator``) is applied to the
+        batch in pixel space first, where fills and colour shifts mean what they say."""
+        x = self.to_pixels(images, device)
+        if augment is not None:
+            if generator is None:
+                raise ValueError("an augmented batch needs a generator (augmentation is seeded)")
+            x = augment(x, augment.sample(generator))
+        return self.normalization.apply(x)
 
     def class_counts(self) -> torch.Tensor:
         return torch.bincount(self.labels, minlength=self.num_classes)

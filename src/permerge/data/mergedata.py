@@ -86,11 +86,7 @@ class MergeData:
                     pos[i] = 0
                 idx = orders[i][pos[i] : pos[i] + take]
                 pos[i] += take
-                aug = augs[i]
-                if aug is None:
-                    xs.append(s.to_input(s.images[idx], device))
-                else:
-                    xs.append(s.normalization.apply(aug(s.to_pixels(s.images[idx], device), aug.sample(generator))))
+                xs.append(s.to_input(s.images[idx], device, augment=augs[i], generator=generator))
                 ys.append(s.labels[idx].to(device))
             yield torch.cat(xs), torch.cat(ys)
 
