@@ -55,6 +55,22 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise
 
 
+def remove_stale_temps(directory: str | os.PathLike[str]) -> None:
+    """Delete the ``.<name>.*.tmp`` files ``atomic_path`` leaves behind when a process is killed.
+
+    ``atomic_path`` cleans up after exceptions and Ctrl-C, but nothing runs after SIGKILL or a
+    power cut. Call this only on a folder the caller owns right now (a run directory about to be
+    recomputed): a second process writing there at the same moment would lose its temp file and
+    fail with a clear error, not corrupt anything. Files not named like our temps are left alone.
+    """
+    d = Path(directory)
+    if not d.is_dir():
+        return
+    for p in d.glob(".*.tmp"):
+        with contextlib.suppress(FileNotFoundError, IsADirectoryError, PermissionError):
+            p.unlink()
+
+
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)

@@ -53,6 +53,28 @@ def test_task_key_is_content_addressed() -> None:
     assert a.key != Task("train", {"datasets": ["mnist"], "seed": 1}).key
 
 
+def test_a_rerun_clears_temp_files_a_killed_attempt_left(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGKILL skips ``atomic_path``'s cleanup; the next attempt at the task removes the debris."""
+    from permerge.reproduce import tasks
+
+    def fake(task: Task, ctx: tasks.RunContext, directory: Path) -> dict[str, object]:
+        (directory / "artifact.txt").write_text("x")
+        return {"value": 1}
+
+    monkeypatch.setitem(tasks._RUNNERS, "fake", fake)
+    task = Task("fake", {"a": 1})
+    d = task.directory(tmp_path)
+    d.mkdir(parents=True)
+    stale = d / ".reduced.safetensors.abc123.tmp"
+    stale.write_bytes(b"half a file")
+    keep = d / "notes.tmp"  # not one of ours: no leading dot
+    keep.write_text("user file")
+    out = tasks.execute(task, tasks.RunContext(root=str(tmp_path)))
+    assert out["status"] == "ok" and out["value"] == 1
+    assert not stale.exists() and keep.exists()
+    assert (d / "result.json").is_file()
+
+
 @pytest.mark.parametrize(
     ("text", "needle"),
     [

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .._io import atomic_write_text
+from .._io import atomic_write_text, remove_stale_temps
 from ..errors import PermergeError
 from ..progress import progress_bar
 from .config import ExperimentConfig, load_experiment
@@ -58,6 +58,7 @@ def reproduce(
         raise PermergeError(f"cannot create output folder {root}: {e.strerror}") from None
     if not os.access(root, os.W_OK):
         raise PermergeError(f"output folder {root} is not writable")
+    remove_stale_temps(root)  # a report write cut short by SIGKILL; the report is rewritten below
     atomic_write_text(root / "config.json", json.dumps(cfg.model_dump(), indent=1) + "\n")
     store_root = Path(store) if store is not None else root
     ctx = RunContext(

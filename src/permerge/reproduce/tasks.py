@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from .._io import remove_stale_temps
+
 RESULT = "result.json"
 
 
@@ -94,6 +96,8 @@ def execute(task: Task, ctx: RunContext) -> dict[str, Any]:
     done = load_result(directory)
     if done is not None:
         return {**done, "cached": True}
+    # this directory has no result, so it is ours: clear what a SIGKILLed attempt left
+    remove_stale_temps(directory)
     torch.set_num_threads(max(1, ctx.threads))
     t0 = time.perf_counter()
     try:
