@@ -40,7 +40,7 @@ def test_full_mnist_fmnist_grid_has_every_required_run() -> None:
     methods = {(r["method"], r["data"]) for r in rows}
     for m in ("average", "ensemble", "wm", "source A", "source B", "joint"):
         assert any(x[0] == m for x in methods), m
-    for red in ("random", "herding", "kcenter", "dc", "dsa", "dm"):
+    for red in ("random", "herding", "kcenter", "el2n", "uncertainty", "dc", "dsa", "dm", "mtt"):
         for ipc in (1, 10):
             assert ("ste", f"{red}@{ipc}") in methods and ("am", f"{red}@{ipc}") in methods
             assert ("reduced-only", f"{red}@{ipc}") in methods
