@@ -18,7 +18,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import api
+from .align.registry import available as align_methods
 from .errors import PermergeError
+from .reduce import available_methods as reduce_methods
 from .tables import scores_table
 
 app = typer.Typer(
@@ -150,7 +152,7 @@ def eval_(
 def merge(
     model_a: Annotated[Path, typer.Argument(help="model A (the reference)")],
     model_b: Annotated[Path, typer.Argument(help="model B (permuted to match A)")],
-    method: Annotated[str, typer.Option("--method", help="average, ensemble, wm, am, ste")] = "wm",
+    method: Annotated[str, typer.Option("--method", help=", ".join(["average", "ensemble", *align_methods()]))] = "wm",
     data: Annotated[
         list[str] | None, typer.Option("--data", help="merge data specs, e.g. mnist@10 fashion-mnist@10")
     ] = None,
@@ -281,9 +283,7 @@ def merge_many(
 @app.command()
 def reduce(
     dataset: Annotated[str, typer.Option("--dataset", "-d", help="dataset spec whose training split is reduced")],
-    method: Annotated[
-        str, typer.Option("--method", help="random, herding, kcenter, el2n, uncertainty, dc, dsa, dm, mtt")
-    ],
+    method: Annotated[str, typer.Option("--method", help=", ".join(reduce_methods()))],
     ipc: Annotated[int, typer.Option("--ipc", help="images per class")],
     out: Annotated[Path, typer.Option("--out", "-o", help="output .safetensors (a .json and .png are written beside)")],
     model: Annotated[str | None, typer.Option("--model", help="checkpoint or architecture")] = None,

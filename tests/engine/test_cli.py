@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -150,3 +151,20 @@ def test_malicious_pickle_is_refused(two_models: tuple[Path, Path], data_root: P
     p = run("merge", str(a), str(evil / "model.pt"), data_root=data_root, ok=False)
     _assert_user_error(p, "refused or unreadable")
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("command", ["merge", "reduce"])
+def test_help_lists_every_registered_method(command: str) -> None:
+    """A method added as one registered file shows up in ``--help`` without touching the CLI."""
+    from typer.testing import CliRunner
+
+    from permerge.align.registry import available as align_methods
+    from permerge.cli import app
+    from permerge.reduce import available_methods
+
+    p = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "300"})
+    assert p.exit_code == 0, p.output
+    names = available_methods() if command == "reduce" else ["average", "ensemble", *align_methods()]
+    line = next(ln for ln in p.output.splitlines() if "--method" in ln)
+    listed = set(re.findall(r"[a-z0-9]+", line.split("<str>", 1)[1]))
+    assert set(names) <= listed, set(names) - listed
