@@ -98,7 +98,10 @@ def main(argv: list[str] | None = None) -> int:
         test = load_dataset(ds, "test", data_root=args.data_root)
         for ipc in args.ipc:
             for method in methods:
-                accs, walls, chosen = [], [], []
+                accs: list[float] = []
+                walls: list[float] = []
+                chosen: list[dict[str, Any]] = []
+                diverged: list[dict[str, int]] = []  # reported, never silently dropped
                 for rseed in args.reduce_seeds:
                     t0 = time.perf_counter()
                     rs = reduce_dataset(
@@ -110,7 +113,14 @@ def main(argv: list[str] | None = None) -> int:
                     reduced = rs.to_imageset()
                     aug, lr, ep, vacc = pick_hparams(reduced, val, augments)
                     chosen.append({"reduce_seed": rseed, "augment": aug, "lr": lr, "epochs": ep, "val_acc": vacc})
-                    accs += [train_eval(reduced, test, aug, lr, ep, seed=s) for s in args.seeds]
+                    for s in args.seeds:
+                        try:
+                            accs.append(train_eval(reduced, test, aug, lr, ep, seed=s))
+                        except FloatingPointError:  # chosen on seed 0; another seed may still blow up
+                            diverged.append({"reduce_seed": rseed, "train_seed": s})
+                if not accs:
+                    print(f"{ds:14s} ipc {ipc:3d} {method:12s} every training seed diverged", flush=True)
+                    continue
                 row = {
                     "dataset": ds,
                     "ipc": ipc,
@@ -122,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
                     "reduce_seeds": args.reduce_seeds,
                     "reduce_wall_s": walls,
                     "selected": chosen,
+                    "diverged": diverged,
                     "hyperparameters": rs.meta["hyperparameters"],
                     "info_net": rs.meta["info"].get("net"),
                     "threads": args.threads,
@@ -132,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(
                     f"{ds:14s} ipc {ipc:3d} {method:12s} test {row['test_acc_mean']:5.1f} +- "
                     f"{row['test_acc_std']:4.1f}  val {chosen[0]['val_acc']:5.1f}  {chosen[0]['augment']} "
-                    f"lr {chosen[0]['lr']:g} ep {chosen[0]['epochs']}  reduce {statistics.fmean(walls):6.1f}s",
+                    f"lr {chosen[0]['lr']:g} ep {chosen[0]['epochs']}  reduce {statistics.fmean(walls):6.1f}s"
+                    + (f"  ({len(diverged)} diverged, not in the mean)" if diverged else ""),
                     flush=True,
                 )
                 atomic_write_text(args.out, json.dumps(results, indent=2) + "\n")
