@@ -33,6 +33,15 @@ def test_builtin_configs_validate_and_expand() -> None:
                 done |= {t.key for t in stage}
 
 
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).parents[2] / "benchmarks" / "configs").glob("*.yaml")), ids=lambda p: p.name
+)
+def test_benchmark_configs_validate_and_plan(path: Path) -> None:
+    """The sweeps behind docs/RESULTS.md stay runnable as the config schema evolves."""
+    plan = make_plan(load_experiment(path))
+    assert plan.tasks and len({t.key for t in plan.tasks}) == len(plan.tasks)
+
+
 def test_full_mnist_fmnist_grid_has_every_required_run() -> None:
     plan = make_plan(load_experiment("mnist-fmnist"))
     rows = list(plan.rows.values())
