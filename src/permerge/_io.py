@@ -55,20 +55,22 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise
 
 
-def remove_stale_temps(directory: str | os.PathLike[str]) -> None:
-    """Delete the ``.<name>.*.tmp`` files ``atomic_path`` leaves behind when a process is killed.
+def remove_stale_temps(directory: str | os.PathLike[str], names: tuple[str, ...] = ("*",)) -> None:
+    """Delete the temp files ``atomic_path`` left behind for ``names`` when a process was killed.
 
     ``atomic_path`` cleans up after exceptions and Ctrl-C, but nothing runs after SIGKILL or a
-    power cut. Call this only on a folder the caller owns right now (a run directory about to be
-    recomputed): a second process writing there at the same moment would lose its temp file and
-    fail with a clear error, not corrupt anything. Files not named like our temps are left alone.
+    power cut. Call this only on files the caller owns right now (a run directory about to be
+    recomputed, a report about to be rewritten): a second process writing the same file at the
+    same moment would lose its temp file and fail with a clear error, not corrupt anything.
+    ``names`` are glob patterns of the final file names; only ``.<name>.<random>.tmp`` matches.
     """
     d = Path(directory)
     if not d.is_dir():
         return
-    for p in d.glob(".*.tmp"):
-        with contextlib.suppress(FileNotFoundError, IsADirectoryError, PermissionError):
-            p.unlink()
+    for name in names:
+        for p in d.glob(f".{name}.*.tmp"):
+            with contextlib.suppress(FileNotFoundError, IsADirectoryError, PermissionError):
+                p.unlink()
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:

@@ -84,6 +84,18 @@ def test_a_rerun_clears_temp_files_a_killed_attempt_left(tmp_path: Path, monkeyp
     assert (d / "result.json").is_file()
 
 
+def test_stale_temp_cleanup_only_touches_the_named_files(tmp_path: Path) -> None:
+    """A reproduce --out folder may hold the user's own files; only our report temps go."""
+    from permerge._io import remove_stale_temps
+
+    ours = [tmp_path / ".results.csv.k2j3.tmp", tmp_path / ".plot.png.a1.tmp"]
+    theirs = [tmp_path / ".notes.txt.x9.tmp", tmp_path / "results.csv"]
+    for p in ours + theirs:
+        p.write_text("x")
+    remove_stale_temps(tmp_path, ("config.json", "results.*", "*.png"))
+    assert not any(p.exists() for p in ours) and all(p.exists() for p in theirs)
+
+
 @pytest.mark.parametrize(
     ("text", "needle"),
     [

@@ -58,7 +58,10 @@ def reproduce(
         raise PermergeError(f"cannot create output folder {root}: {e.strerror}") from None
     if not os.access(root, os.W_OK):
         raise PermergeError(f"output folder {root} is not writable")
-    remove_stale_temps(root)  # a report write cut short by SIGKILL; the report is rewritten below
+    # a report write cut short by SIGKILL (the report is rewritten below); --out may be a folder
+    # the user shares with other files, so only our own report names
+    for folder in (root, root / "grids"):
+        remove_stale_temps(folder, ("config.json", "results.*", "*.png"))
     atomic_write_text(root / "config.json", json.dumps(cfg.model_dump(), indent=1) + "\n")
     store_root = Path(store) if store is not None else root
     ctx = RunContext(
