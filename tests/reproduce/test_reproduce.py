@@ -274,3 +274,38 @@ def test_a_failed_run_makes_the_command_fail(tmp_path: Path, shared_data: Path) 
     r = json.loads(p.stdout)
     assert r["failed"] == 1 and r["finished"] >= 4  # the other runs finished and are reported
     assert "STE diverged at step" in (tmp_path / "o" / "results.md").read_text()
+
+
+def test_angle_plot_has_a_panel_per_reducing_method(tmp_path: Path) -> None:
+    """Rotated sweeps get one readable panel per method that uses reduced sets (not 18 lines in one)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from permerge.reproduce.report import _angle_plot
+
+    summary = [
+        {
+            "pair": f"mnist vs rotated-mnist:{a}",
+            "method": m,
+            "data": d,
+            "acc_mean_mean": 90.0 - a / 10,
+            "acc_mean_std": 1.0,
+        }
+        for a in (15, 45, 90)
+        for m, d in [("wm", "none"), ("ste", "full"), ("ste", "dm@10"), ("ste", "random@1"), ("am", "dm@10")]
+    ]
+    figs: list[object] = []
+
+    def save(fig: object, name: str) -> None:
+        figs.append(fig)
+        fig.savefig(tmp_path / name)  # type: ignore[attr-defined]
+
+    _angle_plot(plt, summary, save)
+    (fig,) = figs
+    titles = [ax.get_title() for ax in fig.axes]  # type: ignore[attr-defined]
+    assert titles == ["no or full merge data", "ste with reduced merge data", "am with reduced merge data"]
+    labels = [t.get_text() for t in fig.axes[1].get_legend().get_texts()]  # type: ignore[attr-defined]
+    assert set(labels) == {"wm [none]", "ste [full]", "dm@10", "random@1"}
+    assert (tmp_path / "accuracy_vs_angle.png").stat().st_size > 10_000

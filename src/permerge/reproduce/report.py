@@ -14,6 +14,7 @@ import re
 import shutil
 import statistics
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -216,23 +217,12 @@ def plots(
             ax.legend(fontsize=7)
             save(fig, f"interpolation_{_slug(pair)}.png")
 
-    # 2. accuracy vs rotation angle
+    # 2. accuracy vs rotation angle: one panel for the methods without reduced data (bounds,
+    # data-free and full-data merges), then one per method that uses reduced sets, with one
+    # colour per merge-data kind across panels; 18 lines in one axes are unreadable
     angled = [s for s in summary if _angle(s["pair"].split(" vs ")[1]) is not None]
     if len({s["pair"] for s in angled}) > 1:
-        fig, ax = plt.subplots(figsize=(6.5, 4.2))
-        for m, d in dict.fromkeys((s["method"], s["data"]) for s in angled):
-            pts = sorted(
-                (_angle(s["pair"].split(" vs ")[1]), s["acc_mean_mean"], s["acc_mean_std"])
-                for s in angled
-                if s["method"] == m and s["data"] == d
-            )
-            if len(pts) > 1 and m not in ("source A", "source B"):
-                _errorbar(ax, pts, label=f"{m} [{d}]")
-        ax.set_xlabel("rotation of dataset B (degrees)")
-        ax.set_ylabel("mean test accuracy (%)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=6, ncol=2)
-        save(fig, "accuracy_vs_angle.png")
+        _angle_plot(plt, angled, save)
 
     # 3. accuracy vs merge-data size (IPC): one panel per alignment method, one line per reduction
     for pair in dict.fromkeys(s["pair"] for s in summary):
@@ -291,6 +281,52 @@ def plots(
             ax.legend(fontsize=7)
         save(fig, "criteria_vs_loss.png")
     return made
+
+
+def _angle_plot(plt: Any, angled: list[dict[str, Any]], save: Callable[[Any, str], None]) -> None:
+    def line(m: str, d: str) -> list[tuple[Any, float, float]]:
+        return sorted(
+            (_angle(s["pair"].split(" vs ")[1]), s["acc_mean_mean"], s["acc_mean_std"])
+            for s in angled
+            if s["method"] == m and s["data"] == d
+        )
+
+    kinds = [(m, d) for m, d in dict.fromkeys((s["method"], s["data"]) for s in angled)]
+    plain = [(m, d) for m, d in kinds if "@" not in d and m not in ("source A", "source B")]
+    reducing = list(dict.fromkeys(m for m, d in kinds if "@" in d))
+    datas = list(dict.fromkeys(d for _, d in kinds if "@" in d))
+    colour = {d: plt.get_cmap("tab10")(i % 10) for i, d in enumerate(datas)}
+    n = 1 + len(reducing)
+    fig, axes = plt.subplots(1, n, figsize=(4.6 * n, 4.2), sharey=True, squeeze=False)
+    ax = axes[0][0]
+    for i, (m, d) in enumerate(plain):
+        pts = line(m, d)
+        if len(pts) > 1:
+            _errorbar(ax, pts, color=plt.get_cmap("tab10")(i % 10), label=f"{m} [{d}]")
+    ax.set_title("no or full merge data")
+    for ax, m in zip(axes[0][1:], reducing, strict=True):
+        for ref, style in ((("wm", "none"), "--"), ((m, "full"), ":")):
+            pts = line(*ref)
+            if len(pts) > 1:
+                ax.plot(
+                    [p[0] for p in pts],
+                    [p[1] for p in pts],
+                    color="black",
+                    ls=style,
+                    lw=1,
+                    label=f"{ref[0]} [{ref[1]}]",
+                )
+        for d in datas:
+            pts = line(m, d)
+            if len(pts) > 1:
+                _errorbar(ax, pts, color=colour[d], label=d)
+        ax.set_title("trained on the reduced sets alone" if m == "reduced-only" else f"{m} with reduced merge data")
+    for ax in axes[0]:
+        ax.set_xlabel("rotation of dataset B (degrees)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower left")
+    axes[0][0].set_ylabel("mean test accuracy of both datasets (%)")
+    save(fig, "accuracy_vs_angle.png")
 
 
 def _errorbar(ax: Any, pts: list[tuple[Any, float, float]], **style: Any) -> None:
