@@ -291,7 +291,7 @@ def _angle_plot(plt: Any, angled: list[dict[str, Any]], save: Callable[[Any, str
             if s["method"] == m and s["data"] == d
         )
 
-    kinds = [(m, d) for m, d in dict.fromkeys((s["method"], s["data"]) for s in angled)]
+    kinds = list(dict.fromkeys((s["method"], s["data"]) for s in angled))
     plain = [(m, d) for m, d in kinds if "@" not in d and m not in ("source A", "source B")]
     reducing = list(dict.fromkeys(m for m, d in kinds if "@" in d))
     datas = list(dict.fromkeys(d for _, d in kinds if "@" in d))
