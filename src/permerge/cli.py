@@ -20,6 +20,7 @@ from rich.table import Table
 from . import api
 from .align.registry import available as align_methods
 from .errors import PermergeError
+from .merge.core import BASELINES
 from .reduce import available_methods as reduce_methods
 from .tables import scores_table
 
@@ -152,7 +153,7 @@ def eval_(
 def merge(
     model_a: Annotated[Path, typer.Argument(help="model A (the reference)")],
     model_b: Annotated[Path, typer.Argument(help="model B (permuted to match A)")],
-    method: Annotated[str, typer.Option("--method", help=", ".join(["average", "ensemble", *align_methods()]))] = "wm",
+    method: Annotated[str, typer.Option("--method", help=", ".join([*BASELINES, *align_methods()]))] = "wm",
     data: Annotated[
         list[str] | None, typer.Option("--data", help="merge data specs, e.g. mnist@10 fashion-mnist@10")
     ] = None,
@@ -419,13 +420,11 @@ def sweep(
 @app.command()
 def methods(json_out: JsonOpt = False) -> None:
     """List merge methods and their options."""
-    from .align import available
-
     rows: dict[str, dict[str, Any]] = {
         "average": {"needs_data": False, "summary": "plain weight averaging (no alignment)", "options": {}},
         "ensemble": {"needs_data": False, "summary": "average of output probabilities", "options": {}},
     }
-    for name, m in available().items():
+    for name, m in align_methods().items():
         rows[name] = {
             "needs_data": m.needs_data,
             "summary": m.summary,
