@@ -56,10 +56,21 @@ class MergeEntry(_Frozen):
 class Baselines(_Frozen):
     sources: bool = True  # each source model on both test sets (and the 'flipped' indicator)
     joint: bool = True  # one model trained on both training sets: the upper bound
+    joint_train: dict[str, Any] = Field(
+        default_factory=dict,
+        description="overrides of 'train' for the joint model (e.g. fewer epochs: it sees twice the data)",
+    )
     reduced_only: bool = True  # a model trained on the reduced merge data alone
     reduced_only_train: dict[str, Any] = Field(
         default_factory=lambda: {"epochs": 300, "batch_size": 256, "lr": 0.01, "val_fraction": 0.0}
     )
+
+
+    @field_validator("joint_train", "reduced_only_train")
+    @classmethod
+    def _train_fields(cls, v: dict[str, Any]) -> dict[str, Any]:
+        TrainConfig(**v)  # unknown fields / bad values fail when the config loads, not hours in
+        return v
 
 
 class ExperimentConfig(_Frozen):

@@ -66,7 +66,8 @@ def make_plan(cfg: ExperimentConfig) -> Plan:
                     )
                     add_row(ev, finals, **base, method=side, data="-", ipc=None)
             if cfg.baselines.joint:
-                tj = train_task(pair, seed, train_opts, pair, f"joint {pair_name} seed {seed}")
+                joint_opts = {**train_opts, **cfg.baselines.joint_train}
+                tj = train_task(pair, seed, joint_opts, pair, f"joint {pair_name} seed {seed}")
                 plan.rows[tj.key] = {**base, "method": "joint", "data": "full", "ipc": None}
 
             # merge data, by label: [A spec, B spec] and the tasks they depend on
