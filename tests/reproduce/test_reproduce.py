@@ -56,6 +56,40 @@ def test_full_mnist_fmnist_grid_has_every_required_run() -> None:
     assert ("ste", "full") in methods and ("am", "full") in methods
 
 
+def test_split_cifar10_grid_has_every_required_run() -> None:
+    """The builtin CIFAR grid: IPC 1/10/50 for each reducing method, BN-reset WM, joint at its own budget."""
+    cfg = load_experiment("split-cifar10")
+    plan = make_plan(cfg)
+    methods = {(r["method"], r["data"]) for r in plan.rows.values()}
+    for red in cfg.reduce.methods:
+        for ipc in (1, 10, 50):
+            for m in ("ste", "am", "reduced-only"):
+                assert (m, f"{red}@{ipc}") in methods
+    assert {("wm", "none"), ("wm", "full"), ("ste", "full"), ("joint", "full"), ("ensemble", "none")} <= methods
+    joint = [t for t in plan.tasks if plan.rows.get(t.key, {}).get("method") == "joint"]
+    sources = [t for t in plan.tasks if t.kind == "train" and len(t.params["datasets"]) == 1]
+    assert len(joint) == 3 and len(sources) == 6
+    assert all(t.params["train"] == {**cfg.train, "epochs": 6} for t in joint)
+    assert all(t.params["train"] == cfg.train for t in sources), "the override touches only the joint model"
+
+
+def test_joint_train_default_keeps_existing_keys() -> None:
+    """No override means the joint task's key is what it was before the option existed (runs are reused)."""
+    cfg = load_experiment("mnist-fmnist")
+    joint = next(t for t in make_plan(cfg).tasks if t.kind == "train" and len(t.params["datasets"]) == 2)
+    expected = Task(
+        "train",
+        {
+            "datasets": list(cfg.pairs[0]),
+            "model": cfg.model,
+            "seed": 0,
+            "train": dict(cfg.train),
+            "eval": list(cfg.pairs[0]),
+        },
+    )
+    assert joint.key == expected.key
+
+
 def test_task_key_is_content_addressed() -> None:
     a = Task("train", {"datasets": ["mnist"], "seed": 0})
     assert a.key == Task("train", {"seed": 0, "datasets": ["mnist"]}).key
@@ -104,6 +138,14 @@ def test_stale_temp_cleanup_only_touches_the_named_files(tmp_path: Path) -> None
         ("name: x\nmodel: mlp\npairs: []\nmerges: [{method: wm}]\n", "pairs"),
         ("name: x\nmodel: mlp\npairs: [[a, b]]\nmerges: [{method: wm}]\ntrain: {epochs: 0}\n", "train"),
         ("name: x\nmodel: mlp\npairs: [[a, b]]\nmerges: [{method: wm, lam: 2}]\n", "lam"),
+        (
+            "name: x\nmodel: mlp\npairs: [[a, b]]\nmerges: [{method: wm}]\nbaselines: {joint_train: {epoch: 3}}\n",
+            "joint_train",
+        ),
+        (
+            "name: x\nmodel: mlp\npairs: [[a, b]]\nmerges: [{method: wm}]\nbaselines: {reduced_only_train: {lr: -1}}\n",
+            "reduced_only_train",
+        ),
         ("name: [unclosed\n", "invalid YAML"),
         ("- just\n- a list\n", "mapping"),
     ],
