@@ -193,6 +193,26 @@ def test_quick_split_mnist_writes_results(quick_split_mnist: Path) -> None:
     assert any(p.suffix == ".png" for p in out.iterdir())
 
 
+def test_baseline_scores_equal_a_fresh_evaluation(quick_split_mnist: Path, shared_data: Path) -> None:
+    """Joint and reduced-only rows reuse the test scores api.train computed: they must be exactly
+    what evaluating the saved model on the pair's test sets gives."""
+    from permerge import api
+
+    checked = 0
+    for res in (quick_split_mnist / "runs" / "train").glob("*/result.json"):
+        r = json.loads(res.read_text())
+        if not r["params"].get("eval"):
+            continue
+        fresh = api.evaluate_model(res.parent, r["params"]["eval"], data_root=shared_data)
+        mine, theirs = r["eval"]["per_dataset"], fresh["per_dataset"]
+        assert sorted(mine) == sorted(theirs)
+        for name in mine:
+            assert mine[name]["acc"] == pytest.approx(theirs[name]["acc"]) and mine[name]["n"] == theirs[name]["n"]
+            assert mine[name]["loss"] == pytest.approx(theirs[name]["loss"], rel=1e-5)
+        checked += 1
+    assert checked >= 1  # the quick grid trains reduced-only models (its joint baseline is off)
+
+
 def test_rerun_reuses_every_finished_run(quick_split_mnist: Path, shared_data: Path) -> None:
     data = shared_data
     before = _table(quick_split_mnist / "results.csv")

@@ -65,7 +65,6 @@ class Baselines(_Frozen):
         default_factory=lambda: {"epochs": 300, "batch_size": 256, "lr": 0.01, "val_fraction": 0.0}
     )
 
-
     @field_validator("joint_train", "reduced_only_train")
     @classmethod
     def _train_fields(cls, v: dict[str, Any]) -> dict[str, Any]:
