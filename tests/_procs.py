@@ -21,6 +21,16 @@ def stat_fields(pid: int) -> list[str] | None:
         return None
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` so far (0 if it is gone)."""
+    import os
+
+    fields = stat_fields(pid)
+    if fields is None:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def children(pid: int) -> dict[int, bytes]:
     """Direct children of ``pid`` with their command lines."""
     out = {}
