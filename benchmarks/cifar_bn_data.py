@@ -28,16 +28,14 @@ import torch
 from permerge import api
 from permerge.data import parse_spec
 from permerge.merge.core import aligned_copy, interpolate_pair, merge_models
-from permerge.reproduce.config import load_experiment
-from permerge.reproduce.plan import make_plan
+from permerge.reproduce.config import ExperimentConfig, load_experiment
+from permerge.reproduce.plan import Plan, make_plan
 from permerge.reproduce.tasks import RunContext
 from permerge.train import evaluate_many
 
 
-def _keys(cfg_name: str, seed: int) -> dict[str, str]:
+def _keys(cfg: ExperimentConfig, plan: Plan, seed: int) -> dict[str, str]:
     """Task keys of the grid's seed-``seed`` source models and 10-per-class reduced sets."""
-    cfg = load_experiment(cfg_name)
-    plan = make_plan(cfg)
     out: dict[str, str] = {}
     for t in plan.tasks:
         p = t.params
@@ -60,6 +58,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     cfg = load_experiment(args.experiment)
+    plan = make_plan(cfg)
     ste_opts = next(m for m in cfg.merges if m.method == "ste")
     opts = dict(ste_opts.reduced_options or ste_opts.options)
     ctx = RunContext(root=str(args.store.resolve()), data_root=args.data_root)
@@ -67,7 +66,7 @@ def main() -> None:
     tests = api.test_sets(pair, args.data_root)
     rows = []
     for seed in args.seeds:
-        k = _keys(args.experiment, seed)
+        k = _keys(cfg, plan, seed)
         a = api.as_checkpoint(ctx.task_dir("train", k["a"]))
         b = api.as_checkpoint(ctx.task_dir("train", k["b"]))
 

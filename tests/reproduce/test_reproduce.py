@@ -203,6 +203,7 @@ def test_baseline_scores_equal_a_fresh_evaluation(quick_split_mnist: Path, share
         r = json.loads(res.read_text())
         if not r["params"].get("eval"):
             continue
+        assert r["eval"] == r["scores"]["test"], "the planned baselines reuse api.train's test scores"
         fresh = api.evaluate_model(res.parent, r["params"]["eval"], data_root=shared_data)
         mine, theirs = r["eval"]["per_dataset"], fresh["per_dataset"]
         assert sorted(mine) == sorted(theirs)
