@@ -29,6 +29,7 @@ from .merge import merge_many as _merge_many
 from .merge import merge_models
 from .merge.core import align, aligned_copy
 from .merge.interpolate import barrier, curve, plot, write_csv
+from .merge.size import model_size
 from .models import build_model, model_config_for
 from .permutation.spec import Permutation, PermutationSpec
 from .train import TrainConfig, evaluate, evaluate_many, train_model, train_val_split
@@ -183,6 +184,8 @@ def merge(
     bn_reset: bool | None = None,
     repair: bool = False,
     options: dict[str, Any] | None = None,
+    finetune: str = "none",
+    finetune_options: dict[str, Any] | None = None,
     datasets: Sequence[str] | None = None,
     out: str | Path | None = None,
     data_root: str | Path | None = None,
@@ -190,7 +193,9 @@ def merge(
     device: str = "cpu",
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Merge two checkpoints, evaluate on both models' test sets, optionally save."""
+    """Merge two checkpoints, evaluate on both models' test sets, optionally save.
+
+    ``finetune="kd"`` distils both source models into the merged one on the merge data."""
     ca, cb = as_checkpoint(a), as_checkpoint(b)
     md = data if isinstance(data, MergeData) or data is None else load_merge_data(data, data_root=data_root, seed=seed)
     eval_specs = list(datasets) if datasets else list(dict.fromkeys(datasets_of(ca) + datasets_of(cb)))
@@ -200,6 +205,8 @@ def merge(
     dev = resolve_device(device)
     if method == "ste" and options is not None and "seed" not in options:
         options = {**options, "seed": seed}
+    if finetune != "none" and "seed" not in (finetune_options or {}):
+        finetune_options = {**(finetune_options or {}), "seed": seed}
     result = merge_models(
         ca,
         cb,
@@ -209,10 +216,14 @@ def merge(
         bn_reset=bn_reset,
         use_repair=repair,
         options=options,
+        finetune=finetune,
+        finetune_options=finetune_options,
         device=dev,
         progress=progress,
     )
     scores = evaluate_many(result.model, tests, device=dev)
+    result.info["size"] = model_size(result.model, ca.config.in_shape)
+    result.info["size"]["relative"] = result.info["size"]["params"] / model_size(ca.model, ca.config.in_shape)["params"]
     report = _jsonable(
         {
             "method": method,
@@ -232,7 +243,10 @@ def merge(
             ensure_dir(out_dir)
         else:
             save_checkpoint(
-                out_dir, result.model, ca.config, {"datasets": eval_specs, "permerge_kind": "merged", **report}
+                out_dir,
+                result.model,
+                result.config or ca.config,
+                {"datasets": eval_specs, "permerge_kind": "merged", **report},
             )
         if result.perm is not None and result.spec is not None:
             save_permutation(out_dir, result.spec, result.perm)

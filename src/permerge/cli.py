@@ -20,7 +20,9 @@ from rich.table import Table
 from . import api
 from .align.registry import available as align_methods
 from .errors import PermergeError
-from .merge.core import BASELINES
+from .merge.core import methods as merge_methods
+from .merge.distill import FinisherInfo
+from .merge.methods import mergers
 from .reduce import available_methods as reduce_methods
 from .tables import scores_table
 
@@ -49,7 +51,7 @@ def _split_list(values: list[str] | None) -> list[str] | None:
     return [v.strip() for item in values for v in item.split(",") if v.strip()]
 
 
-def _options(pairs: list[str] | None) -> dict[str, Any] | None:
+def _options(pairs: list[str] | None, flag: str = "--opt") -> dict[str, Any] | None:
     """``--opt steps=500 --opt lr=0.5`` -> {"steps": 500, "lr": 0.5} (values parsed as JSON when possible)."""
     if not pairs:
         return None
@@ -57,7 +59,7 @@ def _options(pairs: list[str] | None) -> dict[str, Any] | None:
     for p in pairs:
         k, sep, v = p.partition("=")
         if not sep or not k:
-            raise PermergeError(f"--opt expects key=value, got {p!r}")
+            raise PermergeError(f"{flag} expects key=value, got {p!r}")
         try:
             out[k.strip().replace("-", "_")] = json.loads(v)
         except json.JSONDecodeError:
@@ -153,7 +155,7 @@ def eval_(
 def merge(
     model_a: Annotated[Path, typer.Argument(help="model A (the reference)")],
     model_b: Annotated[Path, typer.Argument(help="model B (permuted to match A)")],
-    method: Annotated[str, typer.Option("--method", help=", ".join([*BASELINES, *align_methods()]))] = "wm",
+    method: Annotated[str, typer.Option("--method", help=", ".join(merge_methods()))] = "wm",
     data: Annotated[
         list[str] | None, typer.Option("--data", help="merge data specs, e.g. mnist@10 fashion-mnist@10")
     ] = None,
@@ -170,6 +172,14 @@ def merge(
     opt: Annotated[
         list[str] | None, typer.Option("--opt", help="method option key=value, e.g. --opt steps=500 --opt lr=0.5")
     ] = None,
+    finetune: Annotated[
+        str,
+        typer.Option("--finetune", help="after merging: none, or kd (distil both models into the merge on --data)"),
+    ] = "none",
+    ft_opt: Annotated[
+        list[str] | None,
+        typer.Option("--ft-opt", help="finisher option key=value, e.g. --ft-opt steps=1500 (see 'permerge methods')"),
+    ] = None,
     datasets: Annotated[
         list[str] | None, typer.Option("--datasets", help="evaluation specs; default: both models' datasets")
     ] = None,
@@ -180,7 +190,7 @@ def merge(
     quiet: Quiet = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Align B to A with METHOD, interpolate at --lam, evaluate on both datasets."""
+    """Align B to A with METHOD, interpolate at --lam, optionally distil (--finetune kd), evaluate."""
     lam_value: float | str = lam if lam == "auto" else _float(lam, "--lam")
     r = api.merge(
         model_a,
@@ -191,6 +201,8 @@ def merge(
         bn_reset=bn_reset,
         repair=repair,
         options=_options(opt),
+        finetune=finetune,
+        finetune_options=_options(ft_opt, flag="--ft-opt"),
         datasets=_split_list(datasets),
         out=out,
         data_root=data_root,
@@ -201,7 +213,16 @@ def merge(
     if json_out:
         print(json.dumps(r))
         return
-    console.print(scores_table(f"{method} merge at lam={r['lam']:.2f}", {method: r["scores"]}))
+    ft = r["info"].get("finetune")
+    if ft:
+        console.print(
+            f"distillation: {ft['steps']} steps ({ft['reason']}), lr {ft['lr']:g}, T {ft['temperature']:g}, "
+            f"augment {ft['augment']}; {ft['seconds']:.1f}s"
+        )
+    name = method + ("+" + finetune if finetune != "none" else "")
+    console.print(scores_table(f"{name} merge at lam={r['lam']:.2f}", {name: r["scores"]}))
+    size = r["info"]["size"]
+    console.print(f"size {size['params']:,} parameters ({size['relative']:.2f}x a source), {size['macs']:,} MACs/image")
     align_info = r["info"].get("align", {})
     console.print(
         f"time {r['info']['seconds']:.1f}s"
@@ -423,8 +444,15 @@ def methods(json_out: JsonOpt = False) -> None:
     rows: dict[str, dict[str, Any]] = {
         "average": {"needs_data": False, "summary": "plain weight averaging (no alignment)", "options": {}},
         "ensemble": {"needs_data": False, "summary": "average of output probabilities", "options": {}},
+        "source": {
+            "needs_data": False,
+            "summary": "model A unchanged (the start of a no-merge baseline)",
+            "options": {},
+        },
     }
-    for name, m in align_methods().items():
+    registered: list[tuple[str, Any]] = [*align_methods().items(), *mergers().items()]
+    registered.append(("--finetune kd", FinisherInfo))
+    for name, m in registered:
         rows[name] = {
             "needs_data": m.needs_data,
             "summary": m.summary,
@@ -433,8 +461,8 @@ def methods(json_out: JsonOpt = False) -> None:
     if json_out:
         print(json.dumps(rows))
         return
-    t = Table(title="merge methods")
-    for c in ("method", "needs data", "what", "options (--opt key=value)"):
+    t = Table(title="merge methods (options: --opt key=value; the finisher's: --ft-opt key=value)")
+    for c in ("method", "needs data", "what", "options"):
         t.add_column(c)
     for k, v in rows.items():
         t.add_row(

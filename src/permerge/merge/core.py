@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from pydantic import ValidationError
 from torch import nn
 
 from ..align import AlignProblem, get_method
@@ -20,17 +21,24 @@ from ..align.registry import available as align_methods
 from ..checkpoint import Checkpoint, check_compatible
 from ..data.mergedata import MergeData
 from ..errors import PermergeError
+from ..models import ModelConfig
 from ..permutation.fx import derive_spec
 from ..permutation.spec import Permutation, PermutationSpec, apply_permutation
 from .bn import has_batchnorm, repair, reset_bn
+from .distill import DistillOptions, distill
 from .ensemble import OutputEnsemble
 from .lerp import lerp_models
+from .methods import mergers
 
-BASELINES = ("average", "ensemble")
+# Methods that align nothing: plain averaging, the output ensemble (both models, 2x compute)
+# and "source", model A unchanged: the start of the "distil both teachers into one source
+# model" baseline, which tells what merging itself is worth next to a finisher.
+BASELINES = ("average", "ensemble", "source")
+FINISHERS = ("none", "kd")
 
 
 def methods() -> list[str]:
-    return [*BASELINES, *align_methods()]
+    return [*BASELINES, *align_methods(), *mergers()]
 
 
 @dataclass
@@ -41,6 +49,7 @@ class MergeResult:
     perm: Permutation | None = None
     spec: PermutationSpec | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    config: ModelConfig | None = None  # set when the merged model is not A's architecture (wider)
 
 
 def spec_for(ckpt: Checkpoint) -> PermutationSpec:
@@ -129,22 +138,19 @@ def merge_models(
     use_repair: bool = False,
     options: dict[str, Any] | None = None,
     spec: PermutationSpec | None = None,
+    finetune: str = "none",
+    finetune_options: dict[str, Any] | None = None,
     device: str | torch.device = "cpu",
     progress: bool = True,
 ) -> MergeResult:
     """Merge B into A. ``lam="auto"`` picks lam in {0, 0.05, ..., 1} by merge-data loss.
 
     ``bn_reset=None`` means: reset BatchNorm statistics whenever the model has BN and merge
-    data is given (a BN model averaged without it is broken).
+    data is given (a BN model averaged without it is broken). ``finetune="kd"`` then distils
+    both source models into the merged one on the merge data (:mod:`.distill`).
     """
-    if method not in methods():
-        raise PermergeError(f"unknown merge method {method!r}; known: {', '.join(methods())}")
-    if isinstance(lam, bool) or (isinstance(lam, str) and lam != "auto"):  # True would pass as 1.0
-        raise PermergeError(f"--lam must be a number in [0, 1] or 'auto', got {lam!r}")
-    if isinstance(lam, float | int) and not 0.0 <= float(lam) <= 1.0:
-        raise PermergeError(f"--lam must lie in [0, 1], got {lam}")
-    if lam == "auto" and data is None:
-        raise PermergeError("--lam auto picks lam on merge data: pass --data")
+    _check_request(method, lam, data)
+    ft_opts = _finetune_options(finetune, finetune_options, method, data)
     check_compatible(a, b)
     if bn_reset is None:
         bn_reset = data is not None and has_batchnorm(a.model)
@@ -157,6 +163,72 @@ def merge_models(
         "bn_reset": bool(bn_reset),
         "repair": use_repair,
     }
+    if method in mergers():
+        result = _run_merger(a, b, method, data, options, bool(bn_reset), device, progress)
+    else:
+        result = _interpolated(a, b, method, lam, data, options, spec, bool(bn_reset), use_repair, device, progress)
+    result.info = {**info, **result.info}
+    if ft_opts is not None:
+        assert data is not None
+        result.info["finetune"] = {
+            "method": finetune,
+            **distill(result.model, [a.model, b.model], data, ft_opts, device=device, progress=progress),
+        }
+        if bn_reset and has_batchnorm(result.model):
+            result.model = reset_bn(result.model, data.combined(), device=device)
+    result.info["seconds"] = time.perf_counter() - t0
+    return result
+
+
+def _check_request(method: str, lam: float | str, data: MergeData | None) -> None:
+    if method not in methods():
+        raise PermergeError(f"unknown merge method {method!r}; known: {', '.join(methods())}")
+    if isinstance(lam, bool) or (isinstance(lam, str) and lam != "auto"):  # True would pass as 1.0
+        raise PermergeError(f"--lam must be a number in [0, 1] or 'auto', got {lam!r}")
+    if isinstance(lam, float | int) and not 0.0 <= float(lam) <= 1.0:
+        raise PermergeError(f"--lam must lie in [0, 1], got {lam}")
+    if lam == "auto" and data is None:
+        raise PermergeError("--lam auto picks lam on merge data: pass --data")
+    if lam == "auto" and method in mergers():
+        raise PermergeError(f"method {method} builds its merged model itself: --lam auto does not apply")
+
+
+def _run_merger(
+    a: Checkpoint,
+    b: Checkpoint,
+    method: str,
+    data: MergeData | None,
+    options: dict[str, Any] | None,
+    bn_reset: bool,
+    device: str | torch.device,
+    progress: bool,
+) -> MergeResult:
+    m = mergers()[method]
+    opts = m.parse_options(options)
+    if m.needs_data and data is None:
+        raise PermergeError(f"method {method} needs merge data: pass --data SPEC [SPEC ...]")
+    r = m.fn(a, b, data, opts, torch.device(device), progress)
+    if bn_reset and data is not None and has_batchnorm(r.model):
+        r.model = reset_bn(r.model, data.combined(), device=device)
+    info = {"merger": {**r.info, "options": opts.model_dump()}}
+    return MergeResult(r.model, method, 0.5, r.perm, r.spec, info, config=r.config)
+
+
+def _interpolated(
+    a: Checkpoint,
+    b: Checkpoint,
+    method: str,
+    lam: float | str,
+    data: MergeData | None,
+    options: dict[str, Any] | None,
+    spec: PermutationSpec | None,
+    bn_reset: bool,
+    use_repair: bool,
+    device: str | torch.device,
+    progress: bool,
+) -> MergeResult:
+    """Baselines and permutation merges: align (or not), then interpolate at ``lam``."""
+    info: dict[str, Any] = {}
     perm, model_b, spec_used = None, b.model, None
     if method not in BASELINES:
         perm, spec_used, ainfo = align(a, b, method, data, options=options, spec=spec, device=device, progress=progress)
@@ -166,21 +238,39 @@ def merge_models(
         raise PermergeError(f"method {method} takes no options")
 
     def build(at: float) -> nn.Module:
+        if method == "source":
+            return copy.deepcopy(a.model).eval()
         if method == "ensemble":
             return OutputEnsemble(a.model, b.model, at).eval()
-        return interpolate_pair(
-            a.model, model_b, at, data, bn_reset=bool(bn_reset), use_repair=use_repair, device=device
-        )
+        return interpolate_pair(a.model, model_b, at, data, bn_reset=bn_reset, use_repair=use_repair, device=device)
 
     if lam == "auto":
         assert data is not None
         grid = [i / 20 for i in range(21)]
         losses = [merge_data_loss(build(at), data, device=device) for at in grid]
-        best = min(range(len(grid)), key=lambda i: losses[i])
-        lam_value = grid[best]
+        lam_value = grid[min(range(len(grid)), key=lambda i: losses[i])]
         info["lam_auto"] = {"grid": grid, "merge_data_loss": losses, "chosen": lam_value}
     else:
         lam_value = float(lam)
-    merged = build(lam_value)
-    info["seconds"] = time.perf_counter() - t0
-    return MergeResult(model=merged, method=method, lam=lam_value, perm=perm, spec=spec_used, info=info)
+    return MergeResult(build(lam_value), method, lam_value, perm, spec_used, info)
+
+
+def _finetune_options(
+    finetune: str, options: dict[str, Any] | None, method: str, data: MergeData | None
+) -> DistillOptions | None:
+    """Checked before any work: a bad finisher option fails in a second, not after the merge."""
+    if finetune not in FINISHERS:
+        raise PermergeError(f"unknown finisher {finetune!r}; known: {', '.join(FINISHERS)}")
+    if finetune == "none":
+        if options:
+            raise PermergeError("--ft-opt given without --finetune kd")
+        return None
+    if data is None:
+        raise PermergeError("--finetune kd distils on merge data: pass --data (one spec per model)")
+    if method == "ensemble":
+        raise PermergeError("--finetune needs one model to train; the output ensemble is two (use another method)")
+    try:
+        return DistillOptions(**(options or {}))
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise PermergeError(f"invalid --ft-opt {'.'.join(map(str, err['loc']))!r}: {err['msg']}") from None

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..errors import ConfigError
+from ..merge.distill import DistillOptions
 from ..train import TrainConfig
 
 DataKind = Literal["none", "full", "reduced"]
@@ -51,6 +52,23 @@ class MergeEntry(_Frozen):
     options: dict[str, Any] = Field(default_factory=dict, description="options with full data")
     reduced_options: dict[str, Any] | None = Field(None, description="options with reduced data (default: options)")
     curve: bool = Field(False, description="also record the interpolation curve (first seed only)")
+    finetune: Literal["none", "kd"] = Field("none", description="finisher after the merge (kd: distillation)")
+    finetune_options: dict[str, Any] = Field(default_factory=dict, description="options of the finisher")
+
+    @model_validator(mode="after")
+    def _finisher(self) -> MergeEntry:
+        if self.finetune != "none":
+            if "none" in self.data:
+                raise ValueError("a finisher distils on merge data: 'none' cannot be in data")
+            DistillOptions(**self.finetune_options)  # bad options fail when the config loads
+        elif self.finetune_options:
+            raise ValueError("finetune_options given without finetune")
+        return self
+
+    @property
+    def label(self) -> str:
+        """The method column of the results table: ``wm+kd`` for a finished merge."""
+        return self.method if self.finetune == "none" else f"{self.method}+{self.finetune}"
 
 
 class Baselines(_Frozen):

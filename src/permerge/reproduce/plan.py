@@ -137,13 +137,16 @@ def make_plan(cfg: ExperimentConfig) -> Plan:
                             "options": opts,
                             "curve": entry.curve and seed == cfg.seeds[0] and kind != "reduced",
                         }
+                        if entry.finetune != "none":  # absent otherwise: earlier runs keep their keys
+                            params["finetune"] = entry.finetune
+                            params["finetune_options"] = entry.finetune_options
                         mt = Task(
                             "merge",
                             params,
                             deps=(ta.key, tb.key, *dep_keys),
-                            label=f"{entry.method} [{dlabel}] {pair_name} seed {seed}",
+                            label=f"{entry.label} [{dlabel}] {pair_name} seed {seed}",
                         )
-                        add_row(mt, finals, **base, method=entry.method, data=dlabel, ipc=data_ipc)
+                        add_row(mt, finals, **base, method=entry.label, data=dlabel, ipc=data_ipc)
 
     plan.stages = [s for s in (list(trains.values()), list(reduces.values()), list(finals.values())) if s]
     return plan

@@ -54,6 +54,10 @@ def rows_from(plan: Plan, results: dict[str, dict[str, Any]]) -> list[dict[str, 
         al = r.get("align") or {}
         row["align_seconds"] = al.get("seconds")
         row["seconds_per_step"] = al.get("seconds_per_step")
+        if r.get("size"):  # runs made before sizes were recorded have none
+            row["params"], row["macs"] = r["size"]["params"], r["size"]["macs"]
+        if r.get("finetune"):
+            row["finetune_steps"] = r["finetune"]["steps"]
         rows.append(row)
     return rows
 
@@ -83,7 +87,7 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         s["gain_over_wm"] = s["acc_mean_mean"] - wm[pair] if pair in wm else math.nan
         out.append(s)
     order = {"source A": 0, "source B": 1, "joint": 2, "ensemble": 3, "average": 4, "wm": 5, "am": 6, "ste": 7}
-    out.sort(key=lambda s: (s["pair"], order.get(s["method"], 8), s["method"], _data_order(s["data"])))
+    out.sort(key=lambda s: (s["pair"], order.get(s["method"].split("+")[0], 8), s["method"], _data_order(s["data"])))
     return out
 
 

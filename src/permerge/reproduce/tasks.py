@@ -205,6 +205,7 @@ def _merge(task: Task, ctx: RunContext, directory: Path) -> dict[str, Any]:
 
     from ..merge.core import aligned_copy, merge_models
     from ..merge.interpolate import barrier, curve
+    from ..merge.size import model_size
     from ..train import evaluate_many
 
     p = task.params
@@ -215,6 +216,7 @@ def _merge(task: Task, ctx: RunContext, directory: Path) -> dict[str, Any]:
     options = dict(p.get("options") or {})
     if p["method"] in ("ste", "am") and "seed" not in options:
         options["seed"] = p["seed"]
+    ft_options = {"seed": p["seed"], **(p.get("finetune_options") or {})} if p.get("finetune") else None
     tests = api.test_sets(p["eval"], ctx.data_root)
     dev = api.resolve_device(ctx.device)
     result = merge_models(
@@ -224,6 +226,8 @@ def _merge(task: Task, ctx: RunContext, directory: Path) -> dict[str, Any]:
         lam=p["lam"],
         data=md,
         options=options or None,
+        finetune=p.get("finetune", "none"),
+        finetune_options=ft_options,
         device=dev,
         progress=False,
     )
@@ -235,7 +239,10 @@ def _merge(task: Task, ctx: RunContext, directory: Path) -> dict[str, Any]:
         "merge_seconds": result.info["seconds"],
         "merge_data_size": len(md) if md else 0,
         "align": align_info,
+        "size": model_size(result.model, a.config.in_shape),
     }
+    if "finetune" in result.info:
+        out["finetune"] = result.info["finetune"]
     aligned = aligned_copy(b, result.spec, result.perm) if result.perm is not None and result.spec else b.model
     if p["method"] != "ensemble":
         out["criteria"] = _criteria(a, b, aligned, result, p, ctx)

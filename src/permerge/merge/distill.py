@@ -1,0 +1,184 @@
+"""Distillation finisher: teach a merged model what each source model knows, on merge data.
+
+A permute-and-average merge of two networks that learned *different* features throws
+information away; no choice of permutation gets it back. What the merge data can still do is
+show the merged model, image by image, what the right source model would answer. Each merge
+source is taught by its own model (source i by model i: the MNIST images by the MNIST model),
+with soft targets at a temperature, so ten images per class carry the teachers' whole output
+distribution, not just a label. With a few images per class a network memorises them within a
+few dozen steps; one random DSA operation per source per batch (the same augmentation that
+makes condensed sets generalise) turns them into a stream of new inputs on which the teachers
+still answer. This is knowledge distillation (Hinton et al. 2015) used as the refit step of a
+merge; it works after any merge method and on a single source model too (the "no merge"
+baseline that tells what merging itself is worth).
+
+The step budget is chosen from the merge data (see :func:`resolve_budget`) and recorded.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from ..augment import default_augment
+from ..data.mergedata import MergeData
+from ..errors import PermergeError
+from ..progress import progress_bar
+
+# Merge data below this many images (all sources together) counts as "a few images per
+# class": it gets DSA augmentation and the longer budget. 10 images/class of two 10-class
+# datasets is 200 images; a full training set is tens of thousands.
+SMALL_DATA = 5000
+
+
+class DistillOptions(BaseModel):
+    """Settings of the distillation finisher (``--ft-opt key=value``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    steps: int | None = Field(None, ge=1, description="optimisation steps (default: chosen from the merge data)")
+    lr: float = Field(1e-3, gt=0, description="Adam learning rate (cosine decay to 0)")
+    weight_decay: float = Field(0.0, ge=0)
+    temperature: float = Field(2.0, gt=0, description="softmax temperature of teacher and student")
+    label_weight: float = Field(0.0, ge=0, le=1, description="weight of the hard-label loss (0: soft targets only)")
+    batch_size: int = Field(256, ge=2, description="images per step, shared equally by the sources")
+    augment: Literal["auto", "none", "dsa"] = Field(
+        "auto", description="auto: DSA for small merge data (< 5,000 images), none otherwise"
+    )
+    mixup: bool = Field(False, description="mix image pairs within a source (weight ~ U(0,1)); teachers label mixes")
+    teacher: Literal["own", "ensemble"] = Field(
+        "own", description="own: source i is taught by model i; ensemble: every image by the mean of both"
+    )
+    seed: int = 0
+
+
+def resolve_budget(opts: DistillOptions, data: MergeData) -> dict[str, Any]:
+    """Steps and augmentation for this merge data, unless the options fix them.
+
+    Small merge data (a few images per class): 1,500 steps with DSA, measured on MNIST vs
+    Fashion-MNIST at 10 images/class (docs/RESULTS.md §8); full data: two passes over the
+    largest source at the batch share, at least 1,000 steps, without augmentation."""
+    small = len(data) < SMALL_DATA
+    augment = opts.augment if opts.augment != "auto" else ("dsa" if small else "none")
+    if opts.steps is not None:
+        steps, why = opts.steps, "given"
+    elif small:
+        steps, why = 1500, f"small merge data ({len(data)} images < {SMALL_DATA})"
+    else:
+        steps, why = max(1000, 2 * data.epoch_steps(opts.batch_size)), f"2 passes over {len(data)} images"
+    return {"steps": steps, "augment": augment, "lr": opts.lr, "temperature": opts.temperature, "reason": why}
+
+
+def _source_batches(
+    data: MergeData, batch_size: int, g: torch.Generator, device: torch.device, augment: bool
+) -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
+    """Endless balanced batches, kept apart per source (each source has its own teacher)."""
+    k = len(data.sources)
+    share = max(1, batch_size // k)
+    augs = [default_augment(s.image_shape[0]) if augment else None for s in data.sources]
+    orders = [torch.randperm(len(s), generator=g) for s in data.sources]
+    pos = [0] * k
+    while True:
+        parts = []
+        for i, s in enumerate(data.sources):
+            take = min(share, len(s))
+            if pos[i] + take > len(s):
+                orders[i], pos[i] = torch.randperm(len(s), generator=g), 0
+            idx = orders[i][pos[i] : pos[i] + take]
+            pos[i] += take
+            parts.append((s.to_input(s.images[idx], device, augment=augs[i], generator=g), s.labels[idx].to(device)))
+        yield parts
+
+
+def _mix(parts: list[tuple[torch.Tensor, torch.Tensor]], g: torch.Generator) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Mixup within each source: mixes stay in that source's domain, so its teacher still applies."""
+    out = []
+    for x, y in parts:
+        lam = torch.rand(len(x), generator=g).to(x.device).view(-1, *([1] * (x.dim() - 1)))
+        partner = torch.randperm(len(x), generator=g).to(x.device)
+        out.append((lam * x + (1 - lam) * x[partner], y))
+    return out
+
+
+def _soft_targets(
+    teachers: Sequence[nn.Module], parts: list[tuple[torch.Tensor, torch.Tensor]], mode: str, t: float
+) -> torch.Tensor:
+    """Teacher probabilities at temperature ``t`` for every image of the batch."""
+    out = []
+    with torch.no_grad():
+        for i, (x, _) in enumerate(parts):
+            if mode == "own":
+                out.append(F.softmax(teachers[i](x) / t, dim=1))
+            else:
+                out.append(torch.stack([F.softmax(m(x) / t, dim=1) for m in teachers]).mean(0))
+    return torch.cat(out)
+
+
+def distill(
+    student: nn.Module,
+    teachers: Sequence[nn.Module],
+    data: MergeData,
+    opts: DistillOptions,
+    *,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train ``student`` in place to match the teachers on (augmented) merge data; return info."""
+    if opts.teacher == "own" and len(teachers) != len(data.sources):
+        raise PermergeError(
+            f"distillation with teacher=own needs one merge source per model ({len(teachers)} models, "
+            f"{len(data.sources)} sources); pass one --data spec per model or --ft-opt teacher=ensemble"
+        )
+    dev = torch.device(device)
+    budget = resolve_budget(opts, data)
+    total, t = int(budget["steps"]), opts.temperature
+    g = torch.Generator().manual_seed(opts.seed)
+    for m in teachers:
+        m.to(dev).eval()
+    student.to(dev).train()
+    optim = torch.optim.Adam(student.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
+    batches = _source_batches(data, opts.batch_size, g, dev, budget["augment"] == "dsa")
+    t0, first, last = time.perf_counter(), float("nan"), float("nan")
+    with progress_bar(total, "distil", enabled=progress) as bar:
+        for step in range(total):
+            for group in optim.param_groups:
+                group["lr"] = opts.lr * 0.5 * (1 + math.cos(math.pi * step / total))
+            parts = next(batches)
+            if opts.mixup:
+                parts = _mix(parts, g)
+            target = _soft_targets(teachers, parts, opts.teacher, t)
+            x, y = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+            logits = student(x)
+            loss = F.kl_div(F.log_softmax(logits / t, dim=1), target, reduction="batchmean") * t * t
+            if opts.label_weight > 0:
+                loss = (1 - opts.label_weight) * loss + opts.label_weight * F.cross_entropy(logits, y)
+            if not torch.isfinite(loss):
+                raise PermergeError(f"distillation diverged at step {step} (loss {loss.item()}); lower --ft-opt lr")
+            optim.zero_grad(set_to_none=True)
+            loss.backward()
+            optim.step()
+            last = loss.item()
+            first = last if step == 0 else first
+            bar.advance(loss=last)
+    student.eval()
+    return {
+        **budget,
+        "options": opts.model_dump(),
+        "loss_first": first,
+        "loss_last": last,
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+class FinisherInfo:
+    """How ``permerge methods`` lists the finisher, beside the merge methods."""
+
+    needs_data = True
+    summary = "distil both source models into the merged one on the merge data (any method)"
+    options = DistillOptions

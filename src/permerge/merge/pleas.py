@@ -1,0 +1,179 @@
+"""PLeaS (Nasery et al., CVPR 2025): partial permutation + layer-wise least-squares refit.
+
+1. Align B to A (weight matching by default, or activation matching).
+2. Score each matched pair by the correlation of its two units' activations on the merge data,
+   merge the best ``round((2 - width) n)`` pairs per group and keep the rest of both models
+   (:mod:`.partial`): a model between one source (``width=1``) and both side by side (``2``).
+3. Refit, layer by layer from the input: each Linear layer of the merged model gets the weights
+   that best map *its own* inputs (the merged model's features so far) to the merged targets
+   ``M [z_A; z_B]`` (the sources' pre-activations, merged as the units were), by ridge
+   regression in closed form. The paper solves the same per-layer problem with Adam; the
+   closed form is exact and takes a second. With ten images per class the regression has
+   fewer samples than inputs, so the statistics also see DSA-augmented copies of the merge data.
+
+``refit=ls`` needs a model made of Linear layers (the MLPs of the paper's MNIST experiments);
+any model takes ``refit=none`` and the distillation finisher (``--finetune kd``) instead.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from ..align.activation_matching import AMOptions, activation_correlations
+from ..align.registry import AlignProblem
+from ..augment import default_augment
+from ..checkpoint import Checkpoint
+from ..data.mergedata import MergeData
+from ..errors import PermergeError
+from ..models import ModelConfig, build_model
+from ..permutation.spec import PermutationSpec, apply_permutation
+from .methods import MergerResult, register_merger
+from .partial import GroupSplit, _along, choose_split, partial_merge_state
+
+
+class PLeaSOptions(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    width: float = Field(1.0, ge=1.0, le=2.0, description="merged width / a source's (1: same size, 2: both kept)")
+    match: Literal["wm", "am"] = Field("wm", description="how B's units are paired with A's")
+    refit: Literal["ls", "none"] = Field("ls", description="ls: layer-wise least squares on merge data")
+    ridge: float = Field(1e-2, gt=0, description="ridge strength, relative to the mean feature energy")
+    augment_copies: int = Field(20, ge=0, description="DSA-augmented copies of the merge data for the refit")
+    max_samples: int = Field(20_000, ge=10, description="at most this many refit samples")
+    seed: int = 0
+
+
+def widened_config(cfg: ModelConfig, template: nn.Module, state: dict[str, torch.Tensor]) -> ModelConfig:
+    """The config whose model has ``state``'s shapes: same as ``cfg`` at width 1; an MLP's
+    hidden widths, or a width multiplier for the other architectures, when wider."""
+    ref = template.state_dict()
+    if all(ref[k].shape == state[k].shape for k in ref):
+        return cfg
+    candidates = []
+    if cfg.arch == "mlp":
+        linears = [n for n, m in template.named_modules() if isinstance(m, nn.Linear)]
+        candidates.append(cfg.model_copy(update={"hidden": tuple(state[f"{n}.weight"].shape[0] for n in linears[:-1])}))
+    else:
+        ratios = {state[k].shape[0] / ref[k].shape[0] for k in ref if ref[k].ndim and state[k].shape != ref[k].shape}
+        candidates += [cfg.model_copy(update={"width": cfg.width * r}) for r in sorted(ratios)]
+    for c in candidates:
+        built = build_model(c).state_dict()
+        if all(built[k].shape == state[k].shape for k in built) and set(built) == set(state):
+            return c
+    raise PermergeError(
+        f"a partial merge of {cfg.describe()} gives layer widths that no {cfg.arch} config expresses; use --opt width=1"
+    )
+
+
+def _refit_inputs(
+    data: MergeData, copies: int, max_samples: int, g: torch.Generator, dev: torch.device
+) -> torch.Tensor:
+    """Merge images plus DSA-augmented copies (one random operation per chunk of 50)."""
+    xs = []
+    for s in data.sources:
+        aug = default_augment(s.image_shape[0])
+        xs.append(s.to_input(s.images, dev))
+        for _ in range(copies):
+            for i in range(0, len(s), 50):
+                xs.append(s.to_input(s.images[i : i + 50], dev, augment=aug, generator=g))
+    x = torch.cat(xs)
+    return x[torch.randperm(len(x), generator=g)[:max_samples].to(dev)] if len(x) > max_samples else x
+
+
+def _io(model: nn.Module, name: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Input and output of submodule ``name`` when ``model`` runs on ``x``."""
+    seen: dict[str, torch.Tensor] = {}
+    mod = model.get_submodule(name)
+    h = mod.register_forward_hook(lambda m, i, o: seen.update(inp=i[0], out=o))
+    try:
+        model(x)
+    finally:
+        h.remove()
+    return seen["inp"], seen["out"]
+
+
+@torch.no_grad()
+def ls_refit(
+    merged: nn.Module,
+    a: nn.Module,
+    b_aligned: nn.Module,
+    spec: PermutationSpec,
+    splits: dict[str, GroupSplit],
+    x: torch.Tensor,
+    ridge: float,
+) -> dict[str, float]:
+    """Refit every Linear layer of ``merged`` in order; return each layer's relative residual."""
+    if any(isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d) for m in merged.modules()):
+        raise PermergeError("pleas refit=ls supports models made of Linear layers; use --opt refit=none --finetune kd")
+    residuals = {}
+    for name, mod in merged.named_modules():
+        if not isinstance(mod, nn.Linear):
+            continue
+        _, za = _io(a, name, x)
+        _, zb = _io(b_aligned, name, x)
+        group = next((grp for ax, grp, _ in spec.by_param.get(f"{name}.weight", ()) if ax == 0), None)
+        if group is None:
+            target = 0.5 * (za + zb)
+        else:
+            target = _along(za, 1, splits[group], 1, 0, 0.5) + _along(zb, 1, splits[group], 1, 1, 0.5)
+        h, _ = _io(merged, name, x)
+        h1 = torch.cat([h, torch.ones(len(h), 1, dtype=h.dtype, device=h.device)], dim=1).double()
+        gram = h1.T @ h1
+        gram += torch.eye(len(gram), dtype=gram.dtype, device=gram.device) * ridge * gram.diagonal().mean()
+        sol = torch.linalg.solve(gram, h1.T @ target.double())  # (in + 1, out)
+        mod.weight.copy_(sol[:-1].T.to(mod.weight.dtype))
+        if mod.bias is not None:
+            mod.bias.copy_(sol[-1].to(mod.bias.dtype))
+        residuals[name] = float((h1 @ sol - target.double()).norm() / target.double().norm().clamp_min(1e-12))
+    return residuals
+
+
+@register_merger(
+    "pleas", PLeaSOptions, needs_data=True, summary="partial permutation with a width budget + least-squares refit"
+)
+def pleas(
+    a: Checkpoint, b: Checkpoint, data: MergeData | None, opts: PLeaSOptions, device: torch.device, progress: bool
+) -> MergerResult:
+    from .core import align, spec_for  # core dispatches here; the import is one-way at call time
+
+    assert data is not None
+    t0 = time.perf_counter()
+    spec = spec_for(a)
+    if not spec.probes:
+        raise PermergeError("pleas scores matched units by activations: the model's spec has no probes")
+    perm, _, ainfo = align(
+        a, b, opts.match, data, options={"seed": opts.seed}, spec=spec, device=device, progress=progress
+    )
+    state_a = a.model.state_dict()
+    state_b = apply_permutation(spec, perm, b.model.state_dict())
+    problem = AlignProblem(copy.deepcopy(a.model), state_a, state_b, spec, data, device, progress=False)
+    sims = activation_correlations(problem, AMOptions(seed=opts.seed))
+    splits = {
+        g: choose_split(sims[g].diagonal().float() if g in sims else torch.zeros(grp.size), opts.width)
+        for g, grp in spec.groups.items()
+    }
+    state = partial_merge_state(spec, splits, state_a, state_b)
+    cfg = widened_config(a.config, a.model, state)
+    model = build_model(cfg)
+    model.load_state_dict(state)
+    model.to(device).eval()
+    info: dict[str, object] = {
+        "align": {k: v for k, v in ainfo.items() if k != "history"},
+        "merged_units": {g: len(s.merged) for g, s in splits.items()},
+        "widths": {g: s.width for g, s in splits.items()},
+    }
+    if opts.refit == "ls":
+        g = torch.Generator().manual_seed(opts.seed)
+        x = _refit_inputs(data, opts.augment_copies, opts.max_samples, g, device)
+        b_aligned = build_model(a.config)
+        b_aligned.load_state_dict(state_b)
+        a_model = copy.deepcopy(a.model).to(device).eval()
+        info["refit_residual"] = ls_refit(model, a_model, b_aligned.to(device).eval(), spec, splits, x, opts.ridge)
+        info["refit_samples"] = len(x)
+    info["seconds"] = time.perf_counter() - t0
+    return MergerResult(model=model.eval(), config=cfg, perm=perm, spec=spec, info=info)

@@ -1,0 +1,149 @@
+"""Partial merges (PLeaS), the distillation finisher and model sizes, on tiny synthetic models.
+
+No real data needed: random-init models and random images test the algebra (width 2 is both
+models side by side, width 1 is the permutation merge) and the finisher's mechanics; the
+real-data quality is measured in the reproduce grids (docs/RESULTS.md §8).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from permerge.checkpoint import Checkpoint
+from permerge.data.imageset import ImageSet
+from permerge.data.mergedata import MergeData
+from permerge.errors import PermergeError
+from permerge.merge import merge_models
+from permerge.merge.distill import DistillOptions, distill, resolve_budget
+from permerge.merge.partial import choose_split
+from permerge.merge.size import model_size
+from permerge.models import build_model, model_config_for
+
+
+def _ckpt(arch: str, seed: int, shape: tuple[int, int, int] = (1, 8, 8)) -> Checkpoint:
+    cfg = model_config_for(arch, shape)
+    torch.manual_seed(seed)
+    return Checkpoint(model=build_model(cfg).eval(), config=cfg, meta={"dataset": f"synthetic-{seed}"})
+
+
+def _data(n_per_class: int = 6, shape: tuple[int, int, int] = (1, 8, 8), seed: int = 0) -> MergeData:
+    g = torch.Generator().manual_seed(seed)
+    sources = []
+    for i in range(2):
+        labels = torch.arange(10).repeat_interleave(n_per_class)
+        images = torch.rand(len(labels), *shape, generator=g)
+        sources.append(ImageSet(images, labels, name=f"src{i}"))
+    return MergeData(tuple(sources))
+
+
+@pytest.mark.parametrize("arch", ["mlp:16x12", "cnn"])
+def test_pleas_width_two_without_refit_is_the_mean_of_both_models_logits(arch: str) -> None:
+    shape = (1, 8, 8) if arch.startswith("mlp") else (1, 28, 28)
+    a, b = _ckpt(arch, 0, shape), _ckpt(arch, 1, shape)
+    data = _data(shape=shape)
+    r = merge_models(a, b, method="pleas", data=data, options={"width": 2.0, "refit": "none"}, progress=False)
+    x = torch.rand(5, *shape)
+    with torch.no_grad():
+        want = 0.5 * (a.model(x) + b.model(x))
+        got = r.model(x)
+    assert torch.allclose(got, want, atol=1e-5)
+    assert model_size(r.model, shape)["params"] > model_size(a.model, shape)["params"]
+
+
+def test_pleas_width_one_without_refit_equals_the_permutation_merge() -> None:
+    a, b = _ckpt("mlp:16x12", 0), _ckpt("mlp:16x12", 1)
+    data = _data()
+    p = merge_models(a, b, method="pleas", data=data, options={"width": 1.0, "refit": "none"}, progress=False)
+    w = merge_models(a, b, method="wm", data=data, progress=False)
+    assert p.config == a.config
+    for k, v in w.model.state_dict().items():
+        assert torch.allclose(p.model.state_dict()[k], v, atol=1e-6), k
+
+
+def test_choose_split_merges_the_best_scored_pairs() -> None:
+    s = choose_split(torch.tensor([0.1, 0.9, 0.5, 0.7]), width=1.5)
+    assert s.merged.tolist() == [1, 3] and s.kept.tolist() == [0, 2] and s.width == 6
+    assert choose_split(torch.rand(7), 1.0).width == 7 and choose_split(torch.rand(7), 2.0).width == 14
+
+
+def test_least_squares_refit_brings_hidden_features_closer_to_the_sources() -> None:
+    a, b = _ckpt("mlp:16x12", 0), _ckpt("mlp:16x12", 1)
+    data = _data(n_per_class=10)
+    plain = merge_models(a, b, method="pleas", data=data, options={"refit": "none"}, progress=False)
+    fit = merge_models(a, b, method="pleas", data=data, options={"refit": "ls", "augment_copies": 2}, progress=False)
+    x = torch.cat([s.to_input(s.images) for s in data.sources])
+    with torch.no_grad():
+        target = 0.5 * (a.model(x) + b.model(x))  # the head's merged target
+        err_plain = (plain.model(x) - target).pow(2).mean()
+        err_fit = (fit.model(x) - target).pow(2).mean()
+    assert err_fit < 0.5 * err_plain
+    assert set(fit.info["merger"]["refit_residual"]) == {"1", "3", "5"}
+
+
+def test_pleas_options_are_checked_before_any_work() -> None:
+    a, b = _ckpt("mlp:16x12", 0), _ckpt("mlp:16x12", 1)
+    for bad in ({"width": 0.5}, {"width": 2.5}, {"refit": "adam"}):
+        with pytest.raises(PermergeError, match="invalid option"):
+            merge_models(a, b, method="pleas", data=_data(), options=bad, progress=False)
+    with pytest.raises(PermergeError, match="needs merge data"):
+        merge_models(a, b, method="pleas", progress=False)
+
+
+def test_distillation_moves_the_student_toward_each_sources_teacher() -> None:
+    a, b = _ckpt("mlp:16x12", 0), _ckpt("mlp:16x12", 1)
+    data = _data()
+    student = copy.deepcopy(a.model)
+    xa, xb = (s.to_input(s.images) for s in data.sources)
+
+    def gap() -> float:
+        with torch.no_grad():
+            pa, pb = a.model(xa).softmax(1), b.model(xb).softmax(1)
+            return float((student(xa).softmax(1) - pa).abs().sum() + (student(xb).softmax(1) - pb).abs().sum())
+
+    before = gap()
+    info = distill(
+        student, [a.model, b.model], data, DistillOptions(steps=150, lr=3e-3, augment="none"), progress=False
+    )
+    assert gap() < 0.5 * before
+    assert info["steps"] == 150 and info["loss_last"] < info["loss_first"]
+
+
+def test_distillation_budget_is_chosen_from_the_merge_data_and_options_win() -> None:
+    small = resolve_budget(DistillOptions(), _data())
+    assert small["augment"] == "dsa" and small["steps"] == 1500 and "small" in small["reason"]
+    big = MergeData(tuple(ImageSet(torch.rand(4000, 1, 4, 4), torch.arange(4000) % 10, name=f"s{i}") for i in range(2)))
+    large = resolve_budget(DistillOptions(), big)
+    assert large["augment"] == "none" and large["steps"] >= 1000
+    given = resolve_budget(DistillOptions(steps=7, augment="dsa"), big)
+    assert given["steps"] == 7 and given["augment"] == "dsa" and given["reason"] == "given"
+
+
+def test_finisher_requests_fail_before_work() -> None:
+    a, b = _ckpt("mlp:16x12", 0), _ckpt("mlp:16x12", 1)
+    with pytest.raises(PermergeError, match="pass --data"):
+        merge_models(a, b, method="wm", finetune="kd", progress=False)
+    with pytest.raises(PermergeError, match="ensemble"):
+        merge_models(a, b, method="ensemble", data=_data(), finetune="kd", progress=False)
+    with pytest.raises(PermergeError, match="--ft-opt 'lr'"):
+        merge_models(a, b, method="wm", data=_data(), finetune="kd", finetune_options={"lr": -1}, progress=False)
+    with pytest.raises(PermergeError, match="unknown finisher"):
+        merge_models(a, b, method="wm", data=_data(), finetune="sgd", progress=False)
+
+
+def test_source_method_with_kd_distils_into_model_a() -> None:
+    a, b = _ckpt("mlp:16x12", 0), _ckpt("mlp:16x12", 1)
+    r = merge_models(a, b, method="source", data=_data(), finetune="kd", finetune_options={"steps": 5}, progress=False)
+    assert r.info["finetune"]["steps"] == 5
+    assert any(not torch.equal(p, q) for p, q in zip(r.model.parameters(), a.model.parameters(), strict=True))
+
+
+def test_model_size_counts_parameters_and_multiply_adds() -> None:
+    a, b = _ckpt("mlp:16x12", 0), _ckpt("mlp:16x12", 1)
+    size = model_size(a.model, (1, 8, 8))
+    assert size["params"] == 64 * 16 + 16 + 16 * 12 + 12 + 12 * 10 + 10
+    assert size["macs"] == 64 * 16 + 16 * 12 + 12 * 10
+    ens = merge_models(a, b, method="ensemble", progress=False).model
+    assert model_size(ens, (1, 8, 8)) == {"params": 2 * size["params"], "macs": 2 * size["macs"]}
