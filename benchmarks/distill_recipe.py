@@ -59,6 +59,9 @@ def main() -> None:
         tests.append(load_dataset(ck.dataset, "test"))
     start = merge_models(a, b, method=args.method, data=md, progress=False).model
     print(f"start {args.method}: val {evaluate_many(start, vals)['mean_acc']:.2f}")
+    for name, ck in (("A", a), ("B", b)):
+        ev = evaluate_many(ck.model, vals)["per_dataset"]
+        print(f"teacher {name}: val " + " / ".join(f"{x['acc']:.2f}" for x in ev.values()))
     for setting in parse_grid(args.grid) or [{}]:
         opts = DistillOptions(**{**setting, "seed": args.seed})
         student = copy.deepcopy(start)

@@ -113,7 +113,7 @@ def test_distillation_moves_the_student_toward_each_sources_teacher() -> None:
 
 def test_distillation_budget_is_chosen_from_the_merge_data_and_options_win() -> None:
     small = resolve_budget(DistillOptions(), _data())
-    assert small["augment"] == "dsa" and small["steps"] == 1500 and "small" in small["reason"]
+    assert small["augment"] == "dsa" and small["steps"] == 2000 and "small" in small["reason"]
     big = MergeData(tuple(ImageSet(torch.rand(4000, 1, 4, 4), torch.arange(4000) % 10, name=f"s{i}") for i in range(2)))
     large = resolve_budget(DistillOptions(), big)
     assert large["augment"] == "none" and large["steps"] >= 1000

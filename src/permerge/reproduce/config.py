@@ -52,6 +52,7 @@ class MergeEntry(_Frozen):
     options: dict[str, Any] = Field(default_factory=dict, description="options with full data")
     reduced_options: dict[str, Any] | None = Field(None, description="options with reduced data (default: options)")
     curve: bool = Field(False, description="also record the interpolation curve (first seed only)")
+    name: str | None = Field(None, description="row label in the results (default: method, +finisher)")
     finetune: Literal["none", "kd"] = Field("none", description="finisher after the merge (kd: distillation)")
     finetune_options: dict[str, Any] = Field(default_factory=dict, description="options of the finisher")
 
@@ -68,6 +69,8 @@ class MergeEntry(_Frozen):
     @property
     def label(self) -> str:
         """The method column of the results table: ``wm+kd`` for a finished merge."""
+        if self.name:
+            return self.name
         return self.method if self.finetune == "none" else f"{self.method}+{self.finetune}"
 
 
@@ -126,9 +129,14 @@ class ExperimentConfig(_Frozen):
         from ..merge.core import methods
         from ..reduce import available_methods
 
+        seen: set[tuple[str, str]] = set()
         for m in self.merges:
             if m.method not in methods():
                 raise ValueError(f"unknown merge method {m.method!r}; known: {', '.join(methods())}")
+            for kind in m.data:  # two entries in one table row would be averaged together
+                if (m.label, kind) in seen:
+                    raise ValueError(f"two merges are labelled {m.label!r} on {kind} data: give one a 'name'")
+                seen.add((m.label, kind))
         known = available_methods()
         for r in self.reduce.methods:
             if r not in known:
