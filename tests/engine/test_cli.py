@@ -168,3 +168,57 @@ def test_help_lists_every_registered_method(command: str) -> None:
     line = next(ln for ln in p.output.splitlines() if "--method" in ln)
     listed = set(re.findall(r"[a-z0-9]+", line.split("<str>", 1)[1]))
     assert set(names) <= listed, set(names) - listed
+
+
+def test_wider_pleas_merge_saves_loads_and_evaluates(
+    two_models: tuple[Path, Path], data_root: Path, tmp_path: Path
+) -> None:
+    """A 1.5x partial merge is a checkpoint like any other: saved, reloaded by eval, same scores."""
+    a, b = two_models
+    out = tmp_path / "pleas"
+    data = ["--data", "mnist@5", "--data", "fashion-mnist@5"]
+    r = json.loads(
+        run(
+            "merge",
+            str(a),
+            str(b),
+            "--method",
+            "pleas",
+            *data,
+            "--opt",
+            "width=1.5",
+            "--out",
+            str(out),
+            "--json",
+            data_root=data_root,
+        ).stdout
+    )
+    assert r["info"]["size"]["relative"] == pytest.approx(1.5, abs=0.05)
+    assert json.loads((out / "model.json").read_text())["config"]["hidden"] == [48]
+    e = json.loads(run("eval", str(out), "--json", data_root=data_root).stdout)
+    assert e["mean_acc"] == pytest.approx(r["scores"]["mean_acc"])
+
+
+def test_merge_with_distillation_finisher_prints_its_budget(two_models: tuple[Path, Path], data_root: Path) -> None:
+    a, b = two_models
+    p = run(
+        "merge",
+        str(a),
+        str(b),
+        "--method",
+        "wm",
+        "--data",
+        "mnist@5",
+        "--data",
+        "fashion-mnist@5",
+        "--finetune",
+        "kd",
+        "--ft-opt",
+        "steps=20",
+        "-q",
+        data_root=data_root,
+    )
+    assert "distillation: 20 steps (given)" in p.stdout and "augment dsa" in p.stdout
+    assert "1.00x a source" in p.stdout
+    bad = run("merge", str(a), str(b), "--method", "wm", "--finetune", "kd", data_root=data_root, ok=False)
+    assert bad.returncode == 2 and bad.stderr.strip().startswith("error:") and "--data" in bad.stderr

@@ -84,6 +84,8 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         s: dict[str, Any] = {"pair": pair, "method": method, "data": data, "seeds": len(g), "ipc": g[0].get("ipc")}
         for k in ("acc_a", "acc_b", "acc_mean", "seconds"):
             s[f"{k}_mean"], s[f"{k}_std"] = _mean_std([float(x[k]) for x in g])
+        if all(x.get("params") for x in g):
+            s["params"] = g[0]["params"]
         s["gain_over_wm"] = s["acc_mean_mean"] - wm[pair] if pair in wm else math.nan
         out.append(s)
     order = {"source A": 0, "source B": 1, "joint": 2, "ensemble": 3, "average": 4, "wm": 5, "am": 6, "ste": 7}
@@ -228,35 +230,12 @@ def plots(
     if len({s["pair"] for s in angled}) > 1:
         _angle_plot(plt, angled, save)
 
-    # 3. accuracy vs merge-data size (IPC): one panel per alignment method, one line per reduction
+    # 3. accuracy vs merge-data size (IPC): one panel per method, one line per reduction method
     for pair in dict.fromkeys(s["pair"] for s in summary):
-        ss = [s for s in summary if s["pair"] == pair and s["method"] in ("ste", "am")]
-        sized = [s for s in ss if s["ipc"]]
-        if not sized:
-            continue
-        aligners = list(dict.fromkeys(s["method"] for s in sized))
-        reducers = list(dict.fromkeys(s["data"].split("@")[0] for s in sized))
-        colours = {r: plt.get_cmap("tab10")(i % 10) for i, r in enumerate(reducers)}
-        fig, axes = plt.subplots(1, len(aligners), figsize=(5.5 * len(aligners), 4.2), sharey=True, squeeze=False)
-        for ax, m in zip(axes[0], aligners, strict=True):
-            for red in reducers:
-                pts = sorted(
-                    (s["ipc"], s["acc_mean_mean"], s["acc_mean_std"])
-                    for s in sized
-                    if s["method"] == m and s["data"].startswith(red + "@")
-                )
-                if pts:
-                    _errorbar(ax, pts, color=colours[red], label=red)
-            full = next((s for s in ss if s["method"] == m and s["data"] == "full"), None)
-            if full:
-                ax.axhline(full["acc_mean_mean"], color="black", ls=":", lw=1, label="full data")
-            ax.set_xscale("log")
-            ax.set_xlabel("merge data: images per class of each dataset")
-            ax.set_title(f"{m}, {pair}")
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
-        axes[0][0].set_ylabel("mean test accuracy (%), mean ± std over seeds")
-        save(fig, f"accuracy_vs_ipc_{_slug(pair)}.png")
+        _ipc_plot(plt, [s for s in summary if s["pair"] == pair], pair, save)
+    # 3b. accuracy vs model size: merges wider than a source are a different product
+    for pair in dict.fromkeys(s["pair"] for s in summary):
+        _size_plot(plt, [s for s in summary if s["pair"] == pair], pair, save)
 
     # 4. the reduced sets themselves (first seed, largest IPC): one grid per dataset and method
     reduce_tasks = [t for stage in plan.stages for t in stage if t.kind == "reduce"]
@@ -389,3 +368,69 @@ def write_report(
     md += ["", "## Plots", ""] + [f"![{m}]({m})" for m in made]
     atomic_write_text(out / "results.md", "\n".join(md) + "\n")
     return {"rows": rows, "summary": summary, "analysis": ana, "plots": made}
+
+
+def _ipc_plot(plt: Any, ss: list[dict[str, Any]], pair: str, save: Callable[[Any, str], None]) -> None:
+    sized = [s for s in ss if s["ipc"]]
+    if not sized:
+        return
+    methods = list(dict.fromkeys(s["method"] for s in sized))
+    reducers = list(dict.fromkeys(s["data"].split("@")[0] for s in sized))
+    colours = {r: plt.get_cmap("tab10")(i % 10) for i, r in enumerate(reducers)}
+    cols = min(4, len(methods))
+    nrows = -(-len(methods) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(5 * cols, 4 * nrows), sharey=True, squeeze=False)
+    for ax, m in zip(axes.flat, methods, strict=False):
+        for red in reducers:
+            pts = sorted(
+                (s["ipc"], s["acc_mean_mean"], s["acc_mean_std"])
+                for s in sized
+                if s["method"] == m and s["data"].startswith(red + "@")
+            )
+            if pts:
+                _errorbar(ax, pts, color=colours[red], label=red)
+        full = next((s for s in ss if s["method"] == m and s["data"] == "full"), None)
+        if full:
+            ax.axhline(full["acc_mean_mean"], color="black", ls=":", lw=1, label="full data")
+        ax.set_xscale("log")
+        ax.set_xlabel("merge data: images per class of each dataset")
+        ax.set_title(f"{m}, {pair}", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(methods) :]:
+        ax.set_visible(False)
+    for row in axes:
+        row[0].set_ylabel("mean test accuracy (%), mean ± std over seeds")
+    save(fig, f"accuracy_vs_ipc_{_slug(pair)}.png")
+
+
+def _size_plot(plt: Any, ss: list[dict[str, Any]], pair: str, save: Callable[[Any, str], None]) -> None:
+    """Accuracy against parameters relative to one source, one panel per merge data; the
+    joint model and the output ensemble are the reference lines."""
+    unit = min((s["params"] for s in ss if s.get("params") and s["method"] == "wm"), default=None)
+    if unit is None:
+        return
+    datas = [d for d in dict.fromkeys(s["data"] for s in ss if s.get("params")) if d not in ("none", "-")]
+    if not datas:
+        return
+    joint = next((s["acc_mean_mean"] for s in ss if s["method"] == "joint"), None)
+    ens = next((s for s in ss if s["method"] == "ensemble" and s.get("params")), None)
+    fig, axes = plt.subplots(1, len(datas), figsize=(4.5 * len(datas), 4), sharey=True, squeeze=False)
+    for ax, d in zip(axes[0], datas, strict=True):
+        families: dict[str, list[tuple[float, float, float]]] = {}
+        for s in ss:
+            if s["data"] == d and s.get("params"):
+                fam = s["method"].split("-")[0]
+                families.setdefault(fam, []).append((s["params"] / unit, s["acc_mean_mean"], s["acc_mean_std"]))
+        for fam, pts in families.items():
+            _errorbar(ax, sorted(pts), label=fam)
+        if joint is not None:
+            ax.axhline(joint, color="black", ls="--", lw=1, label="joint model (1x)")
+        if ens is not None:
+            ax.axhline(ens["acc_mean_mean"], color="tab:orange", ls=":", lw=1, label="output ensemble (2x)")
+        ax.set_xlabel("parameters / one source model")
+        ax.set_title(f"merge data {d}", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel(f"mean test accuracy (%), {pair}")
+    save(fig, f"accuracy_vs_size_{_slug(pair)}.png")
