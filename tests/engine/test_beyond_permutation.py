@@ -18,7 +18,7 @@ from permerge.data.mergedata import MergeData
 from permerge.errors import PermergeError
 from permerge.merge import merge_models
 from permerge.merge.distill import DistillOptions, distill, resolve_budget
-from permerge.merge.partial import choose_split
+from permerge.merge.partial import pair_zip
 from permerge.merge.size import model_size
 from permerge.models import build_model, model_config_for
 
@@ -63,10 +63,13 @@ def test_pleas_width_one_without_refit_equals_the_permutation_merge() -> None:
         assert torch.allclose(p.model.state_dict()[k], v, atol=1e-6), k
 
 
-def test_choose_split_merges_the_best_scored_pairs() -> None:
-    s = choose_split(torch.tensor([0.1, 0.9, 0.5, 0.7]), width=1.5)
-    assert s.merged.tolist() == [1, 3] and s.kept.tolist() == [0, 2] and s.width == 6
-    assert choose_split(torch.rand(7), 1.0).width == 7 and choose_split(torch.rand(7), 2.0).width == 14
+def test_pair_zip_merges_the_best_scored_pairs() -> None:
+    z = pair_zip(torch.tensor([0.1, 0.9, 0.5, 0.7]), width=1.5)
+    assert z.width == 6
+    merged_pairs = [sorted(z.unmerge[:, c].nonzero().flatten().tolist()) for c in range(z.width)]
+    assert merged_pairs[:2] == [[1, 5], [3, 7]] and sorted(map(len, merged_pairs)) == [1, 1, 1, 1, 2, 2]
+    assert torch.allclose(z.merge.sum(1), torch.ones(6))
+    assert pair_zip(torch.rand(7), 1.0).width == 7 and pair_zip(torch.rand(7), 2.0).width == 14
 
 
 def test_least_squares_refit_brings_hidden_features_closer_to_the_sources() -> None:

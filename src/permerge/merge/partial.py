@@ -31,62 +31,74 @@ from ..permutation.spec import PermutationSpec
 
 
 @dataclass(frozen=True)
-class GroupSplit:
-    """Which (aligned) positions of a group are merged; the others are kept from both models."""
+class Zip:
+    """How one group of ``n`` units per model becomes ``n'`` merged units.
 
-    merged: torch.Tensor  # positions i where A's unit i and aligned B's unit i become one
-    kept: torch.Tensor  # positions kept twice: once from A, once from B
+    ``merge`` (``n' x 2n``) forms each merged unit from the concatenated units ``[A; B]``
+    (rows average a cluster); ``unmerge`` (``2n x n'``) gives each original unit the merged
+    unit that replaces it. Column blocks ``[:n]``/``[n:]`` are model A's / model B's.
+    """
+
+    merge: torch.Tensor
+    unmerge: torch.Tensor
 
     @property
     def width(self) -> int:
-        return len(self.merged) + 2 * len(self.kept)
+        return self.merge.shape[0]
+
+    def side(self, s: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Model ``s``'s blocks: ``M_s`` (``n' x n``) and ``U_s`` (``n x n'``)."""
+        n = self.merge.shape[1] // 2
+        return self.merge[:, s * n : (s + 1) * n], self.unmerge[s * n : (s + 1) * n]
+
+    @classmethod
+    def from_clusters(cls, clusters: list[list[int]], n: int) -> Zip:
+        """Clusters of indices into ``[A; B]`` (``0..2n-1``), one merged unit each."""
+        unmerge = torch.zeros(2 * n, len(clusters))
+        for c, members in enumerate(clusters):
+            unmerge[members, c] = 1.0
+        return cls(merge=(unmerge / unmerge.sum(0, keepdim=True)).T.contiguous(), unmerge=unmerge)
 
 
-def choose_split(scores: torch.Tensor, width: float) -> GroupSplit:
-    """Merge the ``round((2 - width) n)`` pairs with the highest match score (none at width 2)."""
+def pair_zip(scores: torch.Tensor, width: float) -> Zip:
+    """PLeaS's partial merge of an aligned group: merge the ``round((2 - width) n)`` pairs
+    ``(A_i, B_i)`` with the highest match score, keep every other unit of both models."""
     n = len(scores)
     m = max(0, min(n, round((2.0 - width) * n)))
     order = torch.argsort(scores, descending=True, stable=True)
-    return GroupSplit(merged=order[:m].sort().values, kept=order[m:].sort().values)
+    merged, kept = order[:m].sort().values.tolist(), order[m:].sort().values.tolist()
+    clusters = [[i, n + i] for i in merged] + [[i] for i in kept] + [[n + i] for i in kept]
+    return Zip.from_clusters(clusters, n)
 
 
-def _expand(idx: torch.Tensor, block: int) -> torch.Tensor:
-    """Unit indices -> flat indices when a unit spans ``block`` consecutive inputs (flatten)."""
-    if block == 1:
-        return idx
-    return (idx[:, None] * block + torch.arange(block)).reshape(-1)
+def _apply(t: torch.Tensor, axis: int, mat: torch.Tensor, block: int) -> torch.Tensor:
+    """Contract ``t``'s ``axis`` (``n`` units, each ``block`` wide) with ``mat`` (``n x n'``)."""
+    moved = t.movedim(axis, -1)
+    lead = moved.shape[:-1]
+    units = moved.reshape(*lead, -1, block)  # (..., n, block)
+    out = torch.einsum("...nb,nm->...mb", units, mat.to(t.dtype))
+    return out.reshape(*lead, -1).movedim(-1, axis)
 
 
-def _along(t: torch.Tensor, axis: int, split: GroupSplit, block: int, side: int, merge_coef: float) -> torch.Tensor:
-    """One source's contribution along one axis: merged units (times ``merge_coef``), then
-    A's kept units, then B's kept units (zeros for the other source's kept units)."""
-    merged = t.index_select(axis, _expand(split.merged, block)) * merge_coef
-    kept = t.index_select(axis, _expand(split.kept, block))
-    zeros = torch.zeros_like(kept)
-    parts = [merged, kept, zeros] if side == 0 else [merged, zeros, kept]
-    return torch.cat(parts, dim=axis)
-
-
-def partial_merge_state(
+def merge_state(
     spec: PermutationSpec,
-    splits: dict[str, GroupSplit],
+    zips: dict[str, Zip],
     state_a: dict[str, torch.Tensor],
-    state_b_aligned: dict[str, torch.Tensor],
+    state_b: dict[str, torch.Tensor],
 ) -> dict[str, torch.Tensor]:
-    """The merged (possibly wider) state dict; ``state_b_aligned`` is B after the permutation."""
+    """The merged (possibly wider) state dict: ``sum_s M_s P_s U_s^T`` per parameter."""
     out: dict[str, torch.Tensor] = {}
     for name, a in state_a.items():
-        b = state_b_aligned[name]
         if not a.is_floating_point():  # e.g. BatchNorm's num_batches_tracked
             out[name] = a.clone()
             continue
         axes = {axis: (group, block) for axis, group, block in spec.by_param.get(name, ())}
         total = torch.zeros(())
-        for side, t in enumerate((a, b)):
-            t = t.clone()
+        for s, t in enumerate((a, state_b[name])):
             coef = 1.0 if 0 in axes else 0.5  # no grouped output axis: a plain average
             for axis, (group, block) in sorted(axes.items()):
-                t = _along(t, axis, splits[group], block, side, 0.5 if axis == 0 else 1.0)
+                m_s, u_s = zips[group].side(s)
+                t = _apply(t, axis, m_s.T if axis == 0 else u_s, block)
             total = total + coef * t
         out[name] = total.contiguous()
     return out

@@ -34,7 +34,7 @@ from ..errors import PermergeError
 from ..models import ModelConfig, build_model
 from ..permutation.spec import PermutationSpec, apply_permutation
 from .methods import MergerResult, register_merger
-from .partial import GroupSplit, _along, choose_split, partial_merge_state
+from .partial import Zip, merge_state, pair_zip
 
 
 class PLeaSOptions(BaseModel):
@@ -103,7 +103,7 @@ def ls_refit(
     a: nn.Module,
     b_aligned: nn.Module,
     spec: PermutationSpec,
-    splits: dict[str, GroupSplit],
+    zips: dict[str, Zip],
     x: torch.Tensor,
     ridge: float,
 ) -> dict[str, float]:
@@ -117,10 +117,7 @@ def ls_refit(
         _, za = _io(a, name, x)
         _, zb = _io(b_aligned, name, x)
         group = next((grp for ax, grp, _ in spec.by_param.get(f"{name}.weight", ()) if ax == 0), None)
-        if group is None:
-            target = 0.5 * (za + zb)
-        else:
-            target = _along(za, 1, splits[group], 1, 0, 0.5) + _along(zb, 1, splits[group], 1, 1, 0.5)
+        target = 0.5 * (za + zb) if group is None else torch.cat([za, zb], dim=1) @ zips[group].merge.T.to(za)
         h, _ = _io(merged, name, x)
         h1 = torch.cat([h, torch.ones(len(h), 1, dtype=h.dtype, device=h.device)], dim=1).double()
         gram = h1.T @ h1
@@ -153,19 +150,18 @@ def pleas(
     state_b = apply_permutation(spec, perm, b.model.state_dict())
     problem = AlignProblem(copy.deepcopy(a.model), state_a, state_b, spec, data, device, progress=False)
     sims = activation_correlations(problem, AMOptions(seed=opts.seed))
-    splits = {
-        g: choose_split(sims[g].diagonal().float() if g in sims else torch.zeros(grp.size), opts.width)
+    zips = {
+        g: pair_zip(sims[g].diagonal().float() if g in sims else torch.zeros(grp.size), opts.width)
         for g, grp in spec.groups.items()
     }
-    state = partial_merge_state(spec, splits, state_a, state_b)
+    state = merge_state(spec, zips, state_a, state_b)
     cfg = widened_config(a.config, a.model, state)
     model = build_model(cfg)
     model.load_state_dict(state)
     model.to(device).eval()
     info: dict[str, object] = {
         "align": {k: v for k, v in ainfo.items() if k != "history"},
-        "merged_units": {g: len(s.merged) for g, s in splits.items()},
-        "widths": {g: s.width for g, s in splits.items()},
+        "widths": {g: z.width for g, z in zips.items()},
     }
     if opts.refit == "ls":
         g = torch.Generator().manual_seed(opts.seed)
@@ -173,7 +169,7 @@ def pleas(
         b_aligned = build_model(a.config)
         b_aligned.load_state_dict(state_b)
         a_model = copy.deepcopy(a.model).to(device).eval()
-        info["refit_residual"] = ls_refit(model, a_model, b_aligned.to(device).eval(), spec, splits, x, opts.ridge)
+        info["refit_residual"] = ls_refit(model, a_model, b_aligned.to(device).eval(), spec, zips, x, opts.ridge)
         info["refit_samples"] = len(x)
     info["seconds"] = time.perf_counter() - t0
     return MergerResult(model=model.eval(), config=cfg, perm=perm, spec=spec, info=info)
