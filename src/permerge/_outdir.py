@@ -135,8 +135,13 @@ def _foreign(folder: Path, allowed: frozenset[str]) -> list[str]:
         names = sorted(os.listdir(folder))
     except OSError as e:
         raise OutputError(f"cannot read output folder {folder}: {reason(e)}") from None
-    keep = [n for n in names if n not in allowed and not _TEMP_RE.match(n)]
+    # an own name that is a folder (or a link) is not ours either: it may hold anything
+    keep = [n for n in names if not _TEMP_RE.match(n) and (n not in allowed or not _plain_file(folder / n))]
     return [n + "/" if (folder / n).is_dir() else n for n in keep]
+
+
+def _plain_file(p: Path) -> bool:
+    return p.is_file() and not p.is_symlink()
 
 
 def _is_within(a: Path, b: Path) -> bool:

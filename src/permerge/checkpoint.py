@@ -114,12 +114,12 @@ def _read_state(weights: Path) -> dict[str, torch.Tensor]:
         except pickle.UnpicklingError:
             # torch's own text spans lines and advises weights_only=False, i.e. running the file's code
             raise ModelError(
-                f"{weights}: refused: the file holds Python objects besides tensors, and loading those could "
-                "run code; save the state dict's tensors only (or convert to safetensors)"
+                f"{weights}: refused or unreadable torch file (it holds Python objects besides tensors, and "
+                "loading those could run code; save only the state dict's tensors, or convert to safetensors)"
             ) from None
         except (RuntimeError, EOFError, OSError, ValueError) as e:
             first = _ANSI.sub("", str(e)).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ModelError(f"{weights}: unreadable torch file ({first})") from None
+            raise ModelError(f"{weights}: refused or unreadable torch file ({first})") from None
         if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
             obj = obj["state_dict"]
         if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -146,7 +146,9 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     except ValidationError as e:
         err = e.errors()[0]
         where = ".".join(str(x) for x in err["loc"])
-        raise ModelError(f"{meta_path}: invalid architecture config ({where + ': ' if where else ''}{err['msg']})") from None
+        raise ModelError(
+            f"{meta_path}: invalid architecture config ({where + ': ' if where else ''}{err['msg']})"
+        ) from None
     state = _read_state(weights)
     # check keys and shapes against a storage-free skeleton first: a crafted model.json
     # must not make us allocate a huge model before the weights file is found not to match

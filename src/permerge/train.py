@@ -185,9 +185,7 @@ def check_trained(model: nn.Module, last_loss: float = 0.0, scores: dict[str, ob
         part_name = None
     if bad:
         where = f"; its {part_name} loss is not finite" if part_name else ""
-        raise TrainingError(
-            f"training diverged (largest weight {biggest:.3g}{where}); lower --lr; nothing was saved"
-        )
+        raise TrainingError(f"training diverged (largest weight {biggest:.3g}{where}); lower --lr; nothing was saved")
 
 
 @torch.no_grad()

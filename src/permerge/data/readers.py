@@ -13,6 +13,7 @@ import struct
 import zipfile
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -252,7 +253,7 @@ def read_folder(
 _GREY_MODES = ("L", "LA", "1", "I", "F")
 
 
-def _eight_bit(src, where: Path):  # type: ignore[no-untyped-def]
+def _eight_bit(src: Any, where: Path) -> Any:
     """A PIL image with 8-bit channels. 16-bit grey (``I;16*``, or ``I`` holding values above
     255) is scaled from 0-65535, not clipped at 255 as PIL's own ``convert`` does."""
     from PIL import Image

@@ -35,9 +35,7 @@ class ModelConfig(BaseModel):
     def _image_shape(cls, v: tuple[int, int, int]) -> tuple[int, int, int]:
         c, h, w = v
         if not (1 <= c <= MAX_CHANNELS and 1 <= h <= MAX_IMAGE_SIDE and 1 <= w <= MAX_IMAGE_SIDE):
-            raise ValueError(
-                f"must be (channels 1-{MAX_CHANNELS}, height, width 1-{MAX_IMAGE_SIDE}), got {list(v)}"
-            )
+            raise ValueError(f"must be (channels 1-{MAX_CHANNELS}, height, width 1-{MAX_IMAGE_SIDE}), got {list(v)}")
         return v
 
     @field_validator("width")

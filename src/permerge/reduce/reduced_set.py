@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
-import math
 from typing import Any
 
 import torch
