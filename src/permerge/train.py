@@ -162,6 +162,9 @@ def train_model(
 # Weights this large make float32 activations overflow on ordinary inputs: the model only
 # outputs inf/NaN. Trained nets here stay below ~10^2.
 DIVERGED_WEIGHT = 1e12
+# Mean cross-entropy in nats: 2.3 for a blind 10-way guess; 10^4 means logits gaps of 10^4,
+# i.e. a model that blew up, not one that learnt badly.
+DIVERGED_LOSS = 1e4
 
 
 @torch.no_grad()
@@ -176,15 +179,15 @@ def check_trained(model: nn.Module, last_loss: float = 0.0, scores: dict[str, ob
             raise TrainingError(f"training diverged: weights {name!r} are NaN or inf; lower --lr; nothing was saved")
         biggest = max(biggest, float(p.abs().max()))
     bad = not math.isfinite(last_loss) or biggest > DIVERGED_WEIGHT
+    part_name, part_loss = None, 0.0
     for part, s in (scores or {}).items():
-        if isinstance(s, dict) and "loss" in s and s.get("n") and not math.isfinite(float(s["loss"])):
-            bad = True
-            part_name = part
-            break
-    else:
-        part_name = None
+        if isinstance(s, dict) and "loss" in s and s.get("n") and part in ("train", "val"):
+            loss = float(s["loss"])
+            if not math.isfinite(loss) or loss > DIVERGED_LOSS:
+                bad, part_name, part_loss = True, part, loss
+                break
     if bad:
-        where = f"; its {part_name} loss is not finite" if part_name else ""
+        where = f"; its {part_name} loss is {part_loss:.3g}" if part_name else ""
         raise TrainingError(f"training diverged (largest weight {biggest:.3g}{where}); lower --lr; nothing was saved")
 
 
