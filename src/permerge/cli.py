@@ -419,6 +419,7 @@ def reproduce(
         if json_out:
             _print_json(r)
         else:
+            console.print(f"{r['experiment']}: {r['tasks']} runs in {len(r['stages'])} stages")
             for i, stage in enumerate(r["stages"], 1):
                 console.print(f"stage {i}: {len(stage)} runs")
                 for label in stage:

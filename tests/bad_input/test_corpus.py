@@ -36,6 +36,7 @@ from safetensors.torch import load_file, save_file
 from permerge.reduce.reduced_set import META_KEY, ReducedSet
 
 from ._helpers import one_line, save_tiny
+from .test_bad_output import _permissions_enforced
 
 
 @dataclass
@@ -145,6 +146,21 @@ def symlink_loop(ctx: Ctx) -> None:
     os.symlink(ctx.tmp / "loop1", ctx.tmp / "loop2")
 
 
+def read_only(name: str, with_model: bool = False) -> Callable[[Ctx], None]:
+    """A read-only folder ``{tmp}/<name>`` (holding a copy of model A if ``with_model``)."""
+
+    def setup(ctx: Ctx) -> None:
+        if not _permissions_enforced():
+            pytest.skip("root ignores file permissions")
+        if with_model:
+            shutil.copytree(ctx.a, ctx.tmp / name)
+        else:
+            (ctx.tmp / name).mkdir()
+        (ctx.tmp / name).chmod(0o500)
+
+    return setup
+
+
 def copy_a(ctx: Ctx) -> None:
     shutil.copytree(ctx.a, ctx.tmp / "Acopy")
 
@@ -191,6 +207,21 @@ CASES: list[tuple[str, Setup, list[str], str]] = [
     ("interpolate-out-under-file", a_file("f"), [*INTERP, *BAD_SPEC, "-o", "{tmp}/f/o"], "Not a directory"),
     ("reduce-out-under-file", a_file("f"), [*REDUCE, "--method", "dm", "-o", "{tmp}/f/r.safetensors"], "Not a dir"),
     ("reduce-out-symlink-loop", symlink_loop, [*REDUCE, "-o", "{tmp}/loop1"], "symlink loop"),
+    ("train-out-in-read-only", read_only("ro"), [*TRAIN_SVHN, "-o", "{tmp}/ro/o"], "{tmp}/ro/o: Permission denied"),
+    (
+        "train-out-read-only",
+        read_only("ro", True),
+        [*TRAIN_SVHN, "-o", "{tmp}/ro"],
+        "write {tmp}/ro: Permission denied",
+    ),
+    ("merge-out-read-only", read_only("ro", True), [*MERGE, *BAD_SPEC, "-o", "{tmp}/ro"], "Permission denied"),
+    ("interpolate-out-in-read-only", read_only("ro"), [*INTERP, *BAD_SPEC, "-o", "{tmp}/ro/o"], "Permission denied"),
+    (
+        "reduce-out-in-read-only",
+        read_only("ro"),
+        [*REDUCE, "--method", "dm", "-o", "{tmp}/ro/r.safetensors"],
+        "Permission denied",
+    ),  # fmt: skip
     ("merge-many-out-is-file", a_file("f"), ["merge-many", "{a}", "{b}", *BAD_SPEC, "-o", "{tmp}/f"], "File exists"),
     # the reuse policy: a folder holding the user's own files is never replaced (nor deleted)
     ("merge-out-holds-foreign-files", a_file_and_foreign_folder, [*MERGE, "-o", "{tmp}/mine"], "did not write (notes"),
@@ -358,10 +389,15 @@ def fill(args: list[str], ctx: Ctx) -> list[str]:
 def test_bad_input(ctx: Ctx, cli_error: Callable[..., str], setup: Setup, args: list[str], needle: str) -> None:
     if setup is not None:
         setup(ctx)
-    before = tree(ctx.tmp)
-    line = cli_error(*fill(args, ctx))
-    assert needle.format(tmp=ctx.tmp) in line
-    assert tree(ctx.tmp) == before, "the failed command left or changed files"
+    try:
+        before = tree(ctx.tmp)
+        line = cli_error(*fill(args, ctx))
+        assert needle.format(tmp=ctx.tmp) in line
+        assert tree(ctx.tmp) == before, "the failed command left or changed files"
+    finally:
+        for p in ctx.tmp.rglob("*"):  # read-only cases: let pytest clean up
+            if p.is_dir() and not p.is_symlink():
+                p.chmod(0o700)
 
 
 def test_the_corpus_ids_are_unique() -> None:
