@@ -16,7 +16,7 @@ from torch import nn
 
 from permerge import checkpoint as ckpt_mod
 from permerge.checkpoint import check_compatible, load_checkpoint, save_checkpoint
-from permerge.errors import ModelError
+from permerge.errors import ModelError, OutputError
 from permerge.models import build_model, model_config_for
 
 
@@ -164,7 +164,7 @@ def test_save_to_unwritable_place(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     model, cfg = _trained_like("mlp:8", (1, 28, 28))
-    with pytest.raises(ModelError, match="cannot create output folder"):
+    with pytest.raises(OutputError, match="cannot create output folder"):
         save_checkpoint(blocker / "sub", model, cfg)
 
 
@@ -273,7 +273,8 @@ def test_failed_save_keeps_old_checkpoint(saved, monkeypatch, error):
 
     def failing_save_file(state, filename, metadata=None):  # type: ignore[no-untyped-def]
         tmp = Path(filename)
-        assert tmp.parent == out and tmp.exists()  # writes go to a temp file beside the target
+        # writes go to a staging folder beside the target, swapped in only when complete
+        assert tmp.parent.parent == out.parent and tmp.parent.name.startswith(f".{out.name}.")
         tmp.write_bytes(b"half a file")
         seen.append(tmp)
         raise error
@@ -283,11 +284,12 @@ def test_failed_save_keeps_old_checkpoint(saved, monkeypatch, error):
     with torch.no_grad():
         for p in new_model.parameters():
             p.add_(1.0)
-    expected = ModelError if isinstance(error, OSError) else type(error)
+    expected = OutputError if isinstance(error, OSError) else type(error)
     with pytest.raises(expected):
         save_checkpoint(out, new_model, cfg, {"dataset": "new"})
     assert seen and not seen[0].exists()
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # intact, no temp files
+    assert sorted(p.name for p in out.parent.iterdir() if p.name.startswith(".")) == []  # no staging left
     ck = load_checkpoint(out)
     assert ck.meta["dataset"] == "mnist"
     assert all(torch.equal(v, ck.model.state_dict()[k]) for k, v in model.state_dict().items())

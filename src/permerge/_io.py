@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import os
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from .errors import OutputError
 
@@ -46,6 +49,12 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         yield tmp_path
         try:
+            # mkstemp creates 0600; the file gets the mode open() would give it (the umask's),
+            # so other users and cluster workers can read results on a shared filesystem
+            from ._outdir import file_mode
+
+            with contextlib.suppress(FileNotFoundError):
+                os.chmod(tmp_path, file_mode())
             os.replace(tmp_path, target)
         except OSError as e:
             raise _unwritable(target, e) from None
@@ -82,3 +91,22 @@ def atomic_write(path: str | os.PathLike[str], writer: Callable[[Path], None]) -
     """Call ``writer(tmp_path)`` and move the result onto ``path``."""
     with atomic_path(path) as tmp:
         writer(tmp)
+
+
+def finite(obj: Any) -> Any:
+    """``obj`` with every NaN / infinite float replaced by None (JSON has no such numbers)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [finite(v) for v in obj]
+    return obj
+
+
+def dumps(obj: Any, **kwargs: Any) -> str:
+    """``json.dumps`` that always writes valid JSON: non-finite floats become ``null``."""
+    default = kwargs.pop("default", None)
+    if default is not None:  # objects converted by ``default`` may hold floats too
+        obj = json.loads(json.dumps(obj, default=default))
+    return json.dumps(finite(obj), allow_nan=False, **kwargs)

@@ -19,8 +19,10 @@ import torch
 from pydantic import ValidationError
 from safetensors.torch import save_file
 
-from ._io import atomic_path, atomic_write_text, ensure_dir
-from .checkpoint import Checkpoint, check_compatible, check_inputs, load_checkpoint, save_checkpoint
+from ._io import atomic_path, atomic_write_text, dumps, finite
+from ._limits import check_seed
+from ._outdir import OutputFolder, data_paths
+from .checkpoint import Checkpoint, check_compatible, check_inputs, load_checkpoint, save_checkpoint, write_checkpoint
 from .data import ImageSet, load_dataset, parse_spec
 from .data.imageset import concat
 from .data.mergedata import MergeData
@@ -29,10 +31,11 @@ from .merge import merge_many as _merge_many
 from .merge import merge_models
 from .merge.core import align, aligned_copy
 from .merge.interpolate import barrier, curve, plot, write_csv
+from .merge.sameinit import same_init_notes
 from .merge.size import model_size
-from .models import build_model, model_config_for
+from .models import build_model, check_size, model_config_for
 from .permutation.spec import Permutation, PermutationSpec
-from .train import TrainConfig, evaluate, evaluate_many, train_model, train_val_split
+from .train import TrainConfig, check_trained, evaluate, evaluate_many, train_model, train_val_split
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -68,8 +71,11 @@ def test_sets(specs: Sequence[str], data_root: str | Path | None = None) -> list
 
 def datasets_of(ckpt: Checkpoint) -> list[str]:
     """The datasets a checkpoint was trained on (merged models list both sources)."""
-    if ckpt.meta.get("datasets"):
-        return [str(d) for d in ckpt.meta["datasets"]]
+    ds = ckpt.meta.get("datasets")
+    if isinstance(ds, str):  # one spec where a list belongs: not a list of one-letter specs
+        return [ds]
+    if ds:
+        return [str(d) for d in ds]
     if ckpt.dataset:
         return [ckpt.dataset]
     raise PermergeError(f"{ckpt.path}: model metadata names no dataset; pass --datasets")
@@ -84,13 +90,21 @@ def train(
     data_root: str | Path | None = None,
     device: str = "cpu",
     progress: bool = True,
+    force: bool = False,
     **train_options: Any,
 ) -> Checkpoint:
     """Train ``model`` on ``dataset`` (train split minus a validation part); save if ``out``.
 
     Several datasets train one model jointly on their union (the upper bound a merge is
-    compared with); the model is then scored on each of their test sets.
+    compared with); the model is then scored on each of their test sets. ``out`` is checked
+    before training (see :class:`~permerge._outdir.OutputFolder`); a run that diverges raises
+    :class:`~permerge.errors.TrainingError` and writes nothing.
     """
+    check_seed(seed)
+    folder = None
+    if out is not None:
+        specs_in = [dataset] if isinstance(dataset, str) else list(dataset)
+        folder = OutputFolder(out, inputs=data_paths(specs_in), force=force)
     try:
         cfg = TrainConfig(**train_options)
     except ValidationError as e:  # one line for the CLI, not pydantic's multi-line report
@@ -104,6 +118,7 @@ def train(
     dataset = "+".join(specs)
     split = train_val_split(data, cfg.val_fraction, seed=0)  # same validation part for every seed
     mcfg = model_config_for(model, data.image_shape)
+    check_size(mcfg, copies=3)
     torch.manual_seed(seed)
     net = build_model(mcfg)
     dev = resolve_device(device)
@@ -124,6 +139,7 @@ def train(
             scores["test"] = evaluate_many(net, test_sets(specs, data_root))
     except PermergeError as e:  # e.g. a user npz without a test part
         scores["test"] = {"error": str(e)}
+    check_trained(net, float(stats["final_train_loss"]), scores)
     meta = {
         "dataset": dataset,
         **({"datasets": specs} if len(specs) > 1 else {}),
@@ -135,10 +151,14 @@ def train(
         **stats,
         "permerge_kind": "trained",
     }
-    ckpt = Checkpoint(model=net, config=mcfg, meta=meta)
-    if out is not None:
-        ckpt.path = save_checkpoint(out, net, mcfg, meta)
+    ckpt = Checkpoint(model=net, config=mcfg, meta=finite(meta))
+    if folder is not None:
+        ckpt.path = save_checkpoint(folder, net, mcfg, ckpt.meta)
     return ckpt
+
+
+def _model_paths(*models: str | Path | Checkpoint) -> list[str | Path | None]:
+    return [m.path if isinstance(m, Checkpoint) else m for m in models]
 
 
 def evaluate_model(
@@ -171,7 +191,8 @@ def save_permutation(path_dir: Path, spec: PermutationSpec, perm: Permutation) -
 
 
 def _jsonable(x: Any) -> Any:
-    return json.loads(json.dumps(x, default=str))
+    """Plain JSON types, non-finite floats as None: reports never hold NaN/Infinity."""
+    return json.loads(dumps(x, default=str))
 
 
 def merge(
@@ -192,10 +213,17 @@ def merge(
     seed: int = 0,
     device: str = "cpu",
     progress: bool = True,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Merge two checkpoints, evaluate on both models' test sets, optionally save.
 
-    ``finetune="kd"`` distils both source models into the merged one on the merge data."""
+    ``finetune="kd"`` distils both source models into the merged one on the merge data.
+    ``out`` is one unit (model, permutation, ``merge.json``), checked before the work and
+    replaced as a whole; writing over an input model's folder needs ``force``. ``notes`` in
+    the report flag models that share their initialisation.
+    """
+    check_seed(seed)
+    folder = OutputFolder(out, inputs=_model_paths(a, b), force=force) if out is not None else None
     ca, cb = as_checkpoint(a), as_checkpoint(b)
     md = data if isinstance(data, MergeData) or data is None else load_merge_data(data, data_root=data_root, seed=seed)
     eval_specs = list(datasets) if datasets else list(dict.fromkeys(datasets_of(ca) + datasets_of(cb)))
@@ -235,23 +263,18 @@ def merge(
             "seed": seed,
             "scores": scores,
             "info": result.info,
+            "notes": same_init_notes(ca, cb, result.perm, method),
         }
     )
-    if out is not None:
-        out_dir = Path(out)
-        if method == "ensemble":
-            ensure_dir(out_dir)
-        else:
-            save_checkpoint(
-                out_dir,
-                result.model,
-                result.config or ca.config,
-                {"datasets": eval_specs, "permerge_kind": "merged", **report},
-            )
-        if result.perm is not None and result.spec is not None:
-            save_permutation(out_dir, result.spec, result.perm)
-        atomic_write_text(out_dir / "merge.json", json.dumps(report, indent=2) + "\n")
-        report["out"] = str(out_dir)
+    if folder is not None:
+        with folder.staged() as tmp:
+            if method != "ensemble":
+                meta = {"datasets": eval_specs, "permerge_kind": "merged", **report}
+                write_checkpoint(tmp, result.model, result.config or ca.config, meta)
+            if result.perm is not None and result.spec is not None:
+                save_permutation(tmp, result.spec, result.perm)
+            (tmp / "merge.json").write_text(dumps(report, indent=2) + "\n")
+        report["out"] = str(folder.path)
     return report
 
 
@@ -271,10 +294,13 @@ def interpolate(
     seed: int = 0,
     device: str = "cpu",
     progress: bool = True,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Accuracy/loss along lam for naive, aligned and ensemble lines; CSV + PNG in ``out``."""
-    if points < 3 or points % 2 == 0:
-        raise PermergeError("--points must be an odd number >= 3 (the barrier needs lam = 0.5)")
+    if isinstance(points, bool) or not isinstance(points, int) or points < 3 or points % 2 == 0 or points > 1001:
+        raise PermergeError("--points must be an odd number from 3 to 1001 (the barrier needs lam = 0.5)")
+    check_seed(seed)
+    folder = OutputFolder(out, inputs=_model_paths(a, b), force=force) if out is not None else None
     ca, cb = as_checkpoint(a), as_checkpoint(b)
     md = load_merge_data(data, data_root=data_root, seed=seed)
     eval_specs = list(datasets) if datasets else list(dict.fromkeys(datasets_of(ca) + datasets_of(cb)))
@@ -319,12 +345,12 @@ def interpolate(
             "align": {k: v for k, v in info.items() if k != "history"},
         }
     )
-    if out is not None:
-        out_dir = ensure_dir(out)
-        write_csv(rows, out_dir / "interpolation.csv")
-        plot(rows, out_dir / "interpolation.png", f"{Path(str(ca.path)).name} -> {Path(str(cb.path)).name} ({method})")
-        atomic_write_text(out_dir / "interpolation.json", json.dumps(report, indent=2) + "\n")
-        report["out"] = str(out_dir)
+    if folder is not None:
+        with folder.staged() as tmp:
+            write_csv(rows, tmp / "interpolation.csv")
+            plot(rows, tmp / "interpolation.png", f"{Path(str(ca.path)).name} -> {Path(str(cb.path)).name} ({method})")
+            (tmp / "interpolation.json").write_text(dumps(report, indent=2) + "\n")
+        report["out"] = str(folder.path)
     return report
 
 
@@ -335,8 +361,13 @@ def merge_many(
     out: str | Path | None = None,
     data_root: str | Path | None = None,
     seed: int = 0,
+    device: str = "cpu",
+    force: bool = False,
 ) -> dict[str, Any]:
     """Weight-match N models into one basin and average them (MergeMany)."""
+    check_seed(seed)
+    folder = OutputFolder(out, inputs=_model_paths(*models), force=force) if out is not None else None
+    dev = resolve_device(device)
     ckpts = [as_checkpoint(m) for m in models]
     if len(ckpts) < 2:
         raise PermergeError("merge-many needs at least two models")
@@ -344,11 +375,11 @@ def merge_many(
     tests = test_sets(eval_specs, data_root)
     merged, _, info = _merge_many(ckpts, seed=seed)
     check_inputs(ckpts[0], tests)
-    scores = evaluate_many(merged, tests)
+    scores = evaluate_many(merged, tests, device=dev)
     report = _jsonable({"method": "merge-many/wm", "models": [str(c.path) for c in ckpts], "scores": scores, **info})
-    if out is not None:
-        save_checkpoint(out, merged, ckpts[0].config, {"datasets": eval_specs, "permerge_kind": "merged", **report})
-        report["out"] = str(out)
+    if folder is not None:
+        meta = {"datasets": eval_specs, "permerge_kind": "merged", **report}
+        report["out"] = str(save_checkpoint(folder, merged, ckpts[0].config, meta))
     return report
 
 

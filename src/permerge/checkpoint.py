@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,11 +22,16 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ._io import atomic_path
+from ._io import dumps
+from ._outdir import OutputFolder
 from .errors import ModelError
-from .models import ModelConfig, build_model
+from .models import ModelConfig, build_model, check_size
 
 WEIGHTS = "model.safetensors"
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# dtypes a weight tensor may be stored in (cast to the model's on load); float8 and other
+# exotic types cannot even be checked for NaN by torch
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 META = "model.json"
 
 
@@ -49,27 +55,33 @@ def check_finite(state: dict[str, torch.Tensor], where: str) -> None:
 
 
 def save_checkpoint(
-    out_dir: str | Path, model: nn.Module, config: ModelConfig, meta: dict[str, Any] | None = None
+    out_dir: str | Path | OutputFolder,
+    model: nn.Module,
+    config: ModelConfig,
+    meta: dict[str, Any] | None = None,
 ) -> Path:
-    """Write ``model.safetensors`` + ``model.json`` atomically (each via temp file + rename)."""
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ModelError(f"cannot create output folder {out}: {e.strerror}") from e
+    """Write ``model.safetensors`` + ``model.json`` as one unit: both are staged in a folder
+    beside ``out_dir`` that then replaces it (see :mod:`permerge._outdir`), so a failure
+    part-way never pairs new weights with an old ``model.json`` and never leaves stale files."""
+    folder = out_dir if isinstance(out_dir, OutputFolder) else OutputFolder(out_dir)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     check_finite(state, "refusing to save model")
+    with folder.staged() as tmp:
+        write_checkpoint(tmp, state, config, meta)
+    return folder.path
+
+
+def write_checkpoint(
+    folder: Path, state: dict[str, torch.Tensor] | nn.Module, config: ModelConfig, meta: dict[str, Any] | None = None
+) -> None:
+    """Write the two checkpoint files into ``folder`` (a staging folder: no atomicity here)."""
+    if isinstance(state, nn.Module):
+        state = {k: v.detach().cpu().contiguous() for k, v in state.state_dict().items()}
+        check_finite(state, "refusing to save model")
     # the config always describes the weights being written; a stale "config" in meta must not win
     record = {"config": config.model_dump(mode="json"), **{k: v for k, v in (meta or {}).items() if k != "config"}}
-    try:
-        # both files are staged before either is renamed into place, so a failure part-way
-        # never pairs new weights with an old model.json (or the reverse)
-        with atomic_path(out / WEIGHTS) as tmp_weights, atomic_path(out / META) as tmp_meta:
-            save_file(state, str(tmp_weights), metadata={"format": "pt", "arch": config.arch})
-            tmp_meta.write_text(json.dumps(record, indent=2, default=str) + "\n")
-    except OSError as e:
-        raise ModelError(f"cannot write checkpoint to {out}: {e.strerror or e}") from e
-    return out
+    save_file(state, str(folder / WEIGHTS), metadata={"format": "pt", "arch": config.arch})
+    (folder / META).write_text(dumps(record, indent=2, default=str) + "\n")
 
 
 def _read_meta(path: Path) -> dict[str, Any]:
@@ -79,8 +91,17 @@ def _read_meta(path: Path) -> dict[str, Any]:
         raise ModelError(f"{path} is missing: a checkpoint needs its architecture config") from None
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ModelError(f"{path}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise ModelError(f"{path}: not valid model metadata (JSON nested too deeply)") from None
     if not isinstance(meta, dict) or "config" not in meta:
         raise ModelError(f"{path}: no 'config' entry (architecture) in model metadata")
+    if "dataset" in meta and meta["dataset"] is not None and not isinstance(meta["dataset"], str):
+        raise ModelError(f"{path}: 'dataset' must be a dataset spec string, got {type(meta['dataset']).__name__}")
+    ds = meta.get("datasets")
+    if isinstance(ds, str):  # one spec where a list belongs: read as a list of one
+        meta["datasets"] = [ds]
+    elif ds is not None and (not isinstance(ds, list) or not all(isinstance(d, str) for d in ds)):
+        raise ModelError(f"{path}: 'datasets' must be a list of dataset spec strings, got {json.dumps(ds)[:60]}")
     return meta
 
 
@@ -90,8 +111,14 @@ def _read_state(weights: Path) -> dict[str, torch.Tensor]:
     if weights.suffix in (".pt", ".pth", ".bin", ".ckpt"):
         try:
             obj = torch.load(weights, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        except pickle.UnpicklingError:
+            # torch's own text spans lines and advises weights_only=False, i.e. running the file's code
+            raise ModelError(
+                f"{weights}: refused or unreadable torch file (it holds Python objects besides tensors, and "
+                "loading those could run code; save only the state dict's tensors, or convert to safetensors)"
+            ) from None
+        except (RuntimeError, EOFError, OSError, ValueError) as e:
+            first = _ANSI.sub("", str(e)).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ModelError(f"{weights}: refused or unreadable torch file ({first})") from None
         if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
             obj = obj["state_dict"]
@@ -117,13 +144,21 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     try:
         config = ModelConfig.model_validate(meta.pop("config"))
     except ValidationError as e:
-        raise ModelError(f"{meta_path}: invalid architecture config ({e.errors()[0]['msg']})") from None
+        err = e.errors()[0]
+        where = ".".join(str(x) for x in err["loc"])
+        raise ModelError(
+            f"{meta_path}: invalid architecture config ({where + ': ' if where else ''}{err['msg']})"
+        ) from None
     state = _read_state(weights)
     # check keys and shapes against a storage-free skeleton first: a crafted model.json
     # must not make us allocate a huge model before the weights file is found not to match
-    with torch.device("meta"):
-        skeleton = build_model(config)
+    try:
+        with torch.device("meta"):
+            skeleton = build_model(config)
+    except (RuntimeError, ValueError) as e:  # e.g. images too small for the network's pooling
+        raise ModelError(f"{meta_path}: cannot build {config.describe()} ({' '.join(str(e).split())[:200]})") from None
     validate_state(skeleton, state, str(weights))
+    check_size(config)
     model = build_model(config)
     model.load_state_dict(state)
     model.eval()
@@ -147,6 +182,11 @@ def validate_state(model: nn.Module, state: dict[str, torch.Tensor], where: str)
         # of float weights (or the reverse) is not a model of this architecture
         if state[k].is_floating_point() != v.is_floating_point() or state[k].is_complex():
             raise ModelError(f"{where}: tensor {k!r} has dtype {state[k].dtype}, architecture expects {v.dtype}")
+        if state[k].is_floating_point() and state[k].dtype not in FLOAT_DTYPES:
+            raise ModelError(
+                f"{where}: tensor {k!r} has dtype {state[k].dtype}; weights must be float16, bfloat16, "
+                "float32 or float64"
+            )
     check_finite(state, where)
 
 

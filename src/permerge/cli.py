@@ -18,6 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import api
+from ._io import dumps
 from .align.registry import available as align_methods
 from .errors import PermergeError
 from .merge.core import methods as merge_methods
@@ -31,7 +32,8 @@ app = typer.Typer(
     no_args_is_help=True,
     help="Merge neural networks trained on different datasets (permutation alignment).",
 )
-console = Console()
+# markup off: a path or spec such as "o/[red]t" or "mnist[1,3]" is printed as written
+console = Console(markup=False)
 err_console = Console(stderr=True)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="print machine-readable JSON on stdout")]
@@ -43,12 +45,49 @@ DataRoot = Annotated[
 ]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu or cuda")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")]
+Force = Annotated[
+    bool, typer.Option("--force", help="write --out even if it is an input's folder (the input is replaced)")
+]
+Seed = Annotated[int, typer.Option("--seed", help="random seed, 0 to 4294967295")]
+
+
+def _split_specs(item: str) -> list[str]:
+    """Split at commas outside brackets: ``mnist[1,3,5],fashion-mnist`` is two specs."""
+    parts, depth, cur = [], 0, ""
+    for ch in item:
+        depth += ch == "["
+        depth -= ch == "]" and depth > 0
+        if ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    return [*parts, cur]
 
 
 def _split_list(values: list[str] | None) -> list[str] | None:
     if not values:
         return None
-    return [v.strip() for item in values for v in item.split(",") if v.strip()]
+    return [v.strip() for item in values for v in _split_specs(item) if v.strip()]
+
+
+def _seeds(text: str) -> list[int]:
+    out = []
+    for part in text.split(","):
+        try:
+            out.append(int(part.strip()))
+        except ValueError:
+            raise PermergeError(f"--seeds expects comma-separated integers such as 0,1,2, got {text!r}") from None
+    return out
+
+
+def _print_json(obj: Any) -> None:
+    print(dumps(obj, default=str))
+
+
+def _notes(r: dict[str, Any]) -> None:
+    for note in r.get("notes") or []:
+        err_console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
 
 
 def _options(pairs: list[str] | None, flag: str = "--opt") -> dict[str, Any] | None:
@@ -77,7 +116,7 @@ def train(
     model: Annotated[
         str, typer.Option("--model", "-m", help="mlp, mlp:256x256, cnn, vgg11:0.5, vgg16, resnet20:x2")
     ] = "mlp",
-    seed: int = 0,
+    seed: Seed = 0,
     epochs: int = 10,
     lr: Annotated[float | None, typer.Option(help="default 0.1 (SGD) / 1e-3 (Adam)")] = None,
     batch_size: int = 500,
@@ -98,6 +137,7 @@ def train(
     data_root: DataRoot = None,
     device: Device = "cpu",
     quiet: Quiet = False,
+    force: Force = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Train a model on one dataset (a validation part is held out) and save it."""
@@ -121,10 +161,11 @@ def train(
         augment=augment,
         val_fraction=val_fraction,
         precision=precision,
+        force=force,
     )
     s = ckpt.meta["scores"]
     if json_out:
-        print(json.dumps({"out": str(out), **ckpt.meta}, default=str))
+        _print_json({"out": str(out), **ckpt.meta})
         return
     parts = [f"{k} {v['acc']:.2f}%" for k, v in s.items() if "acc" in v]
     console.print(
@@ -146,7 +187,7 @@ def eval_(
     """Accuracy and loss on each test set and their mean (the merged-model metric)."""
     r = api.evaluate_model(model, _split_list(datasets), data_root=data_root, device=device)
     if json_out:
-        print(json.dumps(r))
+        _print_json(r)
     else:
         console.print(scores_table(f"evaluation of {model}", {str(model): r}))
 
@@ -184,10 +225,11 @@ def merge(
         list[str] | None, typer.Option("--datasets", help="evaluation specs; default: both models' datasets")
     ] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o")] = None,
-    seed: int = 0,
+    seed: Seed = 0,
     data_root: DataRoot = None,
     device: Device = "cpu",
     quiet: Quiet = False,
+    force: Force = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Align B to A with METHOD, interpolate at --lam, optionally distil (--finetune kd), evaluate."""
@@ -209,9 +251,11 @@ def merge(
         seed=seed,
         device=device,
         progress=not quiet and not json_out,
+        force=force,
     )
+    _notes(r)
     if json_out:
-        print(json.dumps(r))
+        _print_json(r)
         return
     ft = r["info"].get("finetune")
     if ft:
@@ -250,10 +294,11 @@ def interpolate(
     repair: bool = False,
     opt: Annotated[list[str] | None, typer.Option("--opt")] = None,
     datasets: Annotated[list[str] | None, typer.Option("--datasets")] = None,
-    seed: int = 0,
+    seed: Seed = 0,
     data_root: DataRoot = None,
     device: Device = "cpu",
     quiet: Quiet = False,
+    force: Force = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Accuracy/loss along lam (naive, aligned, ensemble), barriers, CSV + PNG plot."""
@@ -272,9 +317,10 @@ def interpolate(
         seed=seed,
         device=device,
         progress=not quiet and not json_out,
+        force=force,
     )
     if json_out:
-        print(json.dumps(r))
+        _print_json(r)
         return
     t = Table(title=f"barriers ({points} points)")
     for c in ("line", "mean acc at 0.5", "acc barrier", "loss barrier"):
@@ -290,14 +336,19 @@ def merge_many(
     models: Annotated[list[Path], typer.Argument(help="two or more checkpoints")],
     out: Annotated[Path | None, typer.Option("--out", "-o")] = None,
     datasets: Annotated[list[str] | None, typer.Option("--datasets")] = None,
-    seed: int = 0,
+    seed: Seed = 0,
     data_root: DataRoot = None,
+    device: Device = "cpu",
+    quiet: Quiet = False,  # noqa: ARG001 - accepted like every computing command; MergeMany shows no bar
+    force: Force = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Align N models into one basin by weight matching (MergeMany) and average them."""
-    r = api.merge_many(models, datasets=_split_list(datasets), out=out, data_root=data_root, seed=seed)
+    r = api.merge_many(
+        models, datasets=_split_list(datasets), out=out, data_root=data_root, seed=seed, device=device, force=force
+    )
     if json_out:
-        print(json.dumps(r))
+        _print_json(r)
     else:
         console.print(scores_table(f"merge of {len(models)} models ({r['rounds']} rounds)", {"merged": r["scores"]}))
 
@@ -310,16 +361,20 @@ def reduce(
     out: Annotated[Path, typer.Option("--out", "-o", help="output .safetensors (a .json and .png are written beside)")],
     model: Annotated[str | None, typer.Option("--model", help="checkpoint or architecture")] = None,
     opt: Annotated[list[str] | None, typer.Option("--opt", help="method hyperparameter key=value")] = None,
-    seed: int = 0,
+    seed: Seed = 0,
     data_root: DataRoot = None,
     device: Device = "cpu",
     quiet: Quiet = False,
+    force: Annotated[bool, typer.Option("--force", help="write --out even if it is the input reduced set")] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Build a reduced set (coreset or condensed images); use it as merge data via reduced:FILE."""
     from .reduce import reduce_dataset
 
     dev = str(api.resolve_device(device))
+    options = _options(opt) or {}
+    for k in options.keys() & {"seed", "model", "device", "out", "data_root", "progress", "force", "ipc", "method"}:
+        raise PermergeError(f"--opt {k}=...: {k} is not a method option; use --{k.replace('_', '-')}")
     r = reduce_dataset(
         dataset,
         method,
@@ -330,10 +385,11 @@ def reduce(
         progress=not quiet and not json_out,
         out=out,
         data_root=data_root,
-        **(_options(opt) or {}),
+        force=force,
+        **options,
     )
     if json_out:
-        print(json.dumps({"out": str(out), **r.meta}, default=str))
+        _print_json({"out": str(out), **r.meta})
         return
     console.print(f"{method} reduced {dataset} to {ipc} images per class -> {out} (use as reduced:{out})")
 
@@ -362,7 +418,7 @@ def reproduce(
     """Run an experiment grid (resumable: finished runs are reused) and write results + plots."""
     from .reproduce.runner import reproduce as run
 
-    seed_list = [int(x) for x in seeds.split(",")] if seeds else None
+    seed_list = _seeds(seeds) if seeds else None
     name = Path(experiment).stem if experiment.endswith((".yaml", ".yml")) else experiment
     target = out or Path("runs/reproduce") / (name + ("-quick" if quick else ""))
     r = run(
@@ -382,15 +438,16 @@ def reproduce(
     )
     if dry_run:
         if json_out:
-            print(json.dumps(r))
+            _print_json(r)
         else:
+            console.print(f"{r['experiment']}: {r['tasks']} runs in {len(r['stages'])} stages")
             for i, stage in enumerate(r["stages"], 1):
                 console.print(f"stage {i}: {len(stage)} runs")
                 for label in stage:
                     console.print(f"  {label}")
         return
     if json_out:
-        print(json.dumps({k: r[k] for k in ("experiment", "out", "finished", "cached", "failed", "wall_seconds")}))
+        _print_json({k: r[k] for k in ("experiment", "out", "finished", "cached", "failed", "wall_seconds")})
     else:
         print((Path(r["out"]) / "results.md").read_text())  # plain: rich would eat [brackets]
         console.print(
@@ -459,7 +516,7 @@ def methods(json_out: JsonOpt = False) -> None:
             "options": {k: str(f.default) for k, f in m.options.model_fields.items()},
         }
     if json_out:
-        print(json.dumps(rows))
+        _print_json(rows)
         return
     t = Table(title="merge methods (options: --opt key=value; the finisher's: --ft-opt key=value)")
     for c in ("method", "needs data", "what", "options"):
@@ -479,7 +536,7 @@ def demo(
     epochs: int = 20,
     merge_ipc: Annotated[int, typer.Option(help="merge data: images per class from each dataset")] = 10,
     ste_steps: int = 300,
-    seed: int = 0,
+    seed: Seed = 0,
     data_root: DataRoot = None,
     quiet: Quiet = False,
     json_out: JsonOpt = False,
@@ -497,10 +554,10 @@ def demo(
         seed=seed,
         data_root=data_root,
         progress=not quiet and not json_out,
-        console=None if json_out else console,
+        console=None if json_out else Console(),  # the demo's own [bold] markup
     )
     if json_out:
-        print(json.dumps(r))
+        _print_json(r)
 
 
 _MULTI = ("--data",)
@@ -557,7 +614,10 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as e:
         # click usage errors (typer vendors click) carry their own message and exit code
         if hasattr(e, "exit_code") and hasattr(e, "format_message"):
-            err_console.print(f"[red]error:[/red] {escape(e.format_message())}", highlight=False, soft_wrap=True)
+            message = " ".join(e.format_message().split())
+            if not message:  # bare `permerge`: click printed the help already; no empty "error:"
+                sys.exit(int(e.exit_code))
+            err_console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
             sys.exit(int(e.exit_code))
         raise
 

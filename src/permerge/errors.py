@@ -30,3 +30,11 @@ class OutputError(PermergeError):
 
 class ConfigError(PermergeError):
     """An experiment config (YAML) is invalid."""
+
+
+class DivergedError(PermergeError, FloatingPointError):
+    """An optimisation diverged (non-finite loss, weights or images): nothing is saved."""
+
+
+class TrainingError(DivergedError):
+    """Training diverged (non-finite loss or exploded weights): nothing is saved."""

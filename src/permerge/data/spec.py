@@ -185,6 +185,12 @@ def _load_user(path: Path, split: str, reader) -> ImageSet:
     x, y = reader(path)
     tr, te = _split_balanced(y, 0.2)
     idx = tr if split == "train" else te
+    if len(idx) == 0 and len(y):
+        fewest = int(torch.unique(y, return_counts=True)[1].min())
+        raise DataError(
+            f"{path}: the {split} part of the automatic 80/20 split is empty ({fewest} image(s) in the smallest "
+            f"class); give each class at least 3 images, or separate {stem}_train / {stem}_test data"
+        )
     return ImageSet(x[idx], y[idx], name=str(path))
 
 

@@ -6,7 +6,24 @@ from . import cnn, mlp, resnet, vgg  # noqa: F401  (register the builders)
 from .config import ModelConfig
 from .registry import available, build_model, register
 
-__all__ = ["ModelConfig", "available", "build_model", "register", "model_config_for"]
+__all__ = ["ModelConfig", "available", "build_model", "check_size", "register", "model_config_for"]
+
+
+def check_size(config: ModelConfig, copies: int = 1) -> int:
+    """Count ``config``'s parameters without allocating them (meta device) and refuse a model
+    whose ``copies`` float32 copies (3 for training: weights, gradients, momentum) cannot fit
+    in this machine's memory. Returns the parameter count."""
+    import torch
+
+    from .._limits import check_allocation
+    from ..errors import ModelError
+
+    with torch.device("meta"):
+        skeleton = build_model(config)
+    n = sum(p.numel() for p in skeleton.parameters()) + sum(b.numel() for b in skeleton.buffers())
+    extra = " with gradients and optimiser state" if copies > 1 else ""
+    check_allocation(n * 4 * copies, f"model {config.describe()} ({n:,} parameters{extra})", ModelError)
+    return n
 
 
 def model_config_for(arch: str, in_shape: tuple[int, int, int], **kwargs: object) -> ModelConfig:

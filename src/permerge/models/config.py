@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from .._limits import MAX_CHANNELS, MAX_IMAGE_SIDE, MAX_WIDTH
+
 Arch = Literal["mlp", "cnn", "vgg11", "vgg16", "resnet20"]
 
 
@@ -24,6 +26,23 @@ class ModelConfig(BaseModel):
     def _positive(cls, v: tuple[int, ...]) -> tuple[int, ...]:
         if any(h < 1 for h in v):
             raise ValueError("hidden widths must be positive")
+        if any(h > MAX_WIDTH for h in v):
+            raise ValueError(f"hidden widths must be at most {MAX_WIDTH:,}, got {max(v):,}")
+        return v
+
+    @field_validator("in_shape")
+    @classmethod
+    def _image_shape(cls, v: tuple[int, int, int]) -> tuple[int, int, int]:
+        c, h, w = v
+        if not (1 <= c <= MAX_CHANNELS and 1 <= h <= MAX_IMAGE_SIDE and 1 <= w <= MAX_IMAGE_SIDE):
+            raise ValueError(f"must be (channels 1-{MAX_CHANNELS}, height, width 1-{MAX_IMAGE_SIDE}), got {list(v)}")
+        return v
+
+    @field_validator("width")
+    @classmethod
+    def _width(cls, v: float) -> float:
+        if v > 1000:
+            raise ValueError(f"width multiplier must be at most 1000, got {v:g}")
         return v
 
     def describe(self) -> str:

@@ -11,10 +11,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._limits import check_seed
+from .._outdir import check_output_file, data_paths
 from ..data import ImageSet, load_dataset
-from ..errors import DataError, ModelError, PermergeError
+from ..errors import DataError, DivergedError, ModelError, PermergeError
 from .condense import reinit_factory
-from .reduced_set import ReducedSet
+from .reduced_set import ReducedSet, sidecar
 from .registry import ReduceContext, get_method
 
 CONDENSE_ARCHS = ("convnet",)
@@ -65,6 +67,7 @@ def reduce_dataset(
     progress: bool = True,
     out: str | Path | None = None,
     data_root: str | os.PathLike[str] | None = None,
+    force: bool = False,
     **options: Any,
 ) -> ReducedSet:
     """Reduce ``dataset`` (a spec such as ``mnist`` or an :class:`ImageSet`; its training split
@@ -80,7 +83,12 @@ def reduce_dataset(
     m = get_method(method)
     if isinstance(ipc, bool) or not isinstance(ipc, int) or ipc < 1:
         raise PermergeError(f"images per class must be a positive integer, got {ipc!r}")
+    check_seed(seed)
     hyper = m.resolve(options)
+    if out is not None:  # before the work: a bad destination must not cost a condensation run
+        inputs = [] if isinstance(dataset, ImageSet) else data_paths([dataset])
+        check_output_file(out, sidecars=(sidecar(Path(out), ".json"), sidecar(Path(out), ".png")),
+                          inputs=inputs, force=force)  # fmt: skip
     if isinstance(dataset, ImageSet):
         data, source = dataset, str(dataset.meta.get("spec", dataset.name))
     else:
@@ -112,7 +120,7 @@ def reduce_dataset(
     wall = time.perf_counter() - t0
     images = result.images.detach().float().cpu().clamp(0.0, 1.0).contiguous()
     if not bool(torch.isfinite(images).all()):
-        raise FloatingPointError(f"{m.name}: produced non-finite images")
+        raise DivergedError(f"{m.name}: produced non-finite images")
     info = dict(result.info)
     meta: dict[str, Any] = {
         "method": m.name,

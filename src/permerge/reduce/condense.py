@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import PermergeError
+from ..errors import DivergedError, PermergeError
 from ..models import build_model, model_config_for
 from .convnet import ConvNet
 from .features import last_linear
@@ -149,7 +149,7 @@ def clamp_(x: torch.Tensor) -> None:
 def finite_or_raise(loss: torch.Tensor, method: str, it: int) -> float:
     v = float(loss.detach())
     if v != v or v in (float("inf"), float("-inf")):
-        raise FloatingPointError(f"{method}: matching loss became {v} at iteration {it}; lower lr_img")
+        raise DivergedError(f"{method}: matching loss became {v} at iteration {it}; lower lr_img")
     return v
 
 

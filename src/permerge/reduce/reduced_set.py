@@ -12,7 +12,9 @@ code (safetensors is plain tensors).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .._io import atomic_path, atomic_write_text
+from .._io import atomic_path, dumps
+from .._outdir import reason
 from ..data import ImageSet, Normalization
 from ..errors import DataError
 
@@ -78,15 +81,20 @@ class ReducedSet:
         """Write ``path`` (+ ``.json`` and, with ``grid``, ``.png`` beside it) atomically."""
         target = Path(path)
         record = {"format": FORMAT, **self.meta, "num_images": len(self)}
-        text = json.dumps(record, indent=2, sort_keys=True, default=str)
+        text = dumps(record, indent=2, sort_keys=True, default=str)
         try:
-            with atomic_path(target) as tmp:
+            # all files are staged before any is renamed (the set file last), so a failure
+            # part-way (disk full) leaves the previous set, sidecars included, as it was
+            with contextlib.ExitStack() as stack:
+                tmp = stack.enter_context(atomic_path(target))
+                tmp_json = stack.enter_context(atomic_path(sidecar(target, ".json")))
+                tmp_png = stack.enter_context(atomic_path(sidecar(target, ".png"))) if grid else None
                 save_file(self.tensors(), str(tmp), metadata={META_KEY: text})
-            atomic_write_text(sidecar(target, ".json"), text + "\n")
-            if grid:
-                save_grid(self, sidecar(target, ".png"))
-        except OSError as e:
-            raise DataError(f"cannot write reduced set to {target}: {e.strerror or e}") from e
+                tmp_json.write_text(text + "\n")
+                if tmp_png is not None:
+                    save_grid(self, tmp_png, atomic=False)
+        except (OSError, SafetensorError) as e:
+            raise DataError(f"cannot write reduced set to {target}: {reason(e)}") from None
         return target
 
 
@@ -134,6 +142,7 @@ def read_reduced(path: str | Path) -> ReducedSet:
             raise _fail(p, f"{key} must have length {n}, got {tuple(tensors[key].shape)}")
     meta.pop("format", None)
     meta.pop("num_images", None)
+    _check_meta(p, meta)
     return ReducedSet(
         images=images,
         labels=labels,
@@ -141,6 +150,29 @@ def read_reduced(path: str | Path) -> ReducedSet:
         source_indices=tensors.get("source_indices"),
         weights=tensors.get("weights"),
     )
+
+
+def _check_meta(p: Path, meta: dict[str, Any]) -> None:
+    """The metadata fields that shape the loaded data must have the right types."""
+    nc = meta.get("num_classes", 10)
+    if isinstance(nc, bool) or not isinstance(nc, int) or not 1 <= nc <= 100_000:
+        raise _fail(p, f"metadata num_classes must be a positive integer, got {json.dumps(nc)[:40]}")
+    names = meta.get("class_names")
+    if names is not None and (not isinstance(names, list) or not all(isinstance(n, str | int) for n in names)):
+        raise _fail(p, f"metadata class_names must be a list of names, got {json.dumps(names)[:40]}")
+    norm = meta.get("normalization")
+    if norm is not None:
+        ok = isinstance(norm, dict) and all(
+            isinstance(norm.get(k), list)
+            and norm[k]
+            and all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in norm[k])
+            for k in ("mean", "std")
+        )
+        if not ok or any(v <= 0 for v in norm["std"]):
+            raise _fail(p, "metadata normalization must hold lists of finite numbers 'mean' and 'std' (std > 0)")
+    for key in ("source", "method"):
+        if key in meta and meta[key] is not None and not isinstance(meta[key], str):
+            raise _fail(p, f"metadata {key} must be a string, got {json.dumps(meta[key])[:40]}")
 
 
 def load_reduced(path: Path) -> ImageSet:
@@ -156,7 +188,7 @@ def load_reduced(path: Path) -> ImageSet:
         raise _fail(Path(path), str(e)) from None
 
 
-def save_grid(rs: ReducedSet, path: Path, max_per_class: int = 10) -> None:
+def save_grid(rs: ReducedSet, path: Path, max_per_class: int = 10, atomic: bool = True) -> None:
     """A PNG with one row per class (up to ``max_per_class`` images each), via matplotlib's
     Agg canvas directly, so no global backend is switched and no display is needed."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -188,5 +220,8 @@ def save_grid(rs: ReducedSet, path: Path, max_per_class: int = 10) -> None:
                 ax.axis("off")
     fig.suptitle(f"{rs.meta.get('method', '')} ipc {rs.meta.get('ipc', '')}  {rs.meta.get('source', '')}", fontsize=8)
     fig.subplots_adjust(left=0.12, right=0.99, bottom=0.01, top=0.93, wspace=0.05, hspace=0.05)
+    if not atomic:
+        fig.savefig(path, format="png", dpi=80)
+        return
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=80)

@@ -15,6 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .._limits import MAX_SEED, MAX_SEEDS
 from ..errors import ConfigError
 from ..merge.distill import DistillOptions
 from ..train import TrainConfig
@@ -143,6 +144,24 @@ class ExperimentConfig(_Frozen):
                 raise ValueError(f"unknown reduce method {r!r}; known: {', '.join(sorted(known))}")
         if not self.seeds:
             raise ValueError("at least one seed is needed")
+        if len(self.seeds) > MAX_SEEDS:
+            raise ValueError(f"{len(self.seeds):,} seeds; at most {MAX_SEEDS} per grid (split it into several)")
+        top = MAX_SEED - max(0, self.b_seed_offset)
+        bad = [s for s in self.seeds if not 0 <= s <= top]
+        if bad or self.b_seed_offset < 0:
+            raise ValueError(f"seeds must lie in [0, {top}] and b_seed_offset must be >= 0 (got seed {bad[:1] or ''})")
+        # an architecture or dataset spec that cannot work fails here, not in every run of the grid
+        from ..data import parse_spec
+        from ..errors import PermergeError
+        from ..models import model_config_for
+
+        try:
+            model_config_for(self.model, (1, 28, 28))
+            for pair in self.pairs:
+                for spec in pair:
+                    parse_spec(spec)
+        except PermergeError as e:
+            raise ValueError(str(e)) from None
         return self
 
     @property
@@ -175,7 +194,7 @@ def load_experiment(name_or_path: str | Path, *, quick: bool = False) -> Experim
             raise ConfigError(f"unknown experiment {str(name_or_path)!r}; built-in: {', '.join(builtin_experiments())}")
         text = res.read_text()
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # C parser when built
     except yaml.YAMLError as e:
         raise ConfigError(f"{name_or_path}: invalid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(raw, dict):

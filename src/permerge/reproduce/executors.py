@@ -42,15 +42,59 @@ def register_executor(name: str) -> Callable[[Callable[..., Executor]], Callable
     return deco
 
 
+def check_executor(name: str) -> None:
+    """An unknown executor name is refused before anything is written (or Ray imported)."""
+    if name not in {*_EXECUTORS, "ray"}:
+        raise PermergeError(f"unknown executor {name!r}; known: {', '.join(sorted({*_EXECUTORS, 'ray'}))}")
+
+
 def get_executor(name: str, **kwargs: Any) -> Executor:
+    check_executor(name)
     if name == "ray" and "ray" not in _EXECUTORS:
         from . import ray_executor  # noqa: F401  (registers itself; needs the optional extra)
-    if name not in _EXECUTORS:
-        raise PermergeError(f"unknown executor {name!r}; known: {', '.join(sorted({*_EXECUTORS, 'ray'}))}")
     return _EXECUTORS[name](**kwargs)
 
 
-def _init_worker(threads: int) -> None:
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent_pid: int, poll_s: float = 1.0) -> None:
+    """Make this worker process exit when ``parent_pid`` (the command) dies, even by SIGKILL,
+    when nothing gets to run in the parent.
+
+    Linux: ``prctl(PR_SET_PDEATHSIG, SIGKILL)`` has the kernel kill us when the parent dies.
+    Everywhere: a daemon thread polls the parent pid (a dead parent's children are
+    re-parented) and exits the process. A parent that died before this ran is caught by the
+    first check.
+    """
+    import signal
+    import sys
+    import threading
+    import time
+
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):  # no libc symbol: the watchdog below still works
+            pass
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(poll_s)
+            if os.getppid() != parent_pid:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="permerge-parent-watchdog", daemon=True).start()
+
+
+def _init_worker(threads: int, parent_pid: int | None = None) -> None:
+    if parent_pid is not None:
+        die_with_parent(parent_pid)
     import torch
 
     torch.set_num_threads(threads)
@@ -92,7 +136,10 @@ class LocalExecutor:
             return [r for r in results if r is not None]
         if self._pool is None:
             self._pool = ProcessPoolExecutor(
-                self.workers, mp_context=mp.get_context("spawn"), initializer=_init_worker, initargs=(self.threads,)
+                self.workers,
+                mp_context=mp.get_context("spawn"),
+                initializer=_init_worker,
+                initargs=(self.threads, os.getpid()),
             )
         futures: dict[Future[dict[str, Any]], int] = {
             self._pool.submit(execute, t, ctx): i for i, t in enumerate(tasks)

@@ -116,6 +116,25 @@ def _use_token_auth_if_available() -> None:
         pass
 
 
+def _cluster_messages_to_stderr() -> None:
+    """Ray prints the cluster's error events (a node marked dead, a worker killed) on the
+    driver's *stdout*, which would corrupt ``--json`` output: send them to stderr. Private Ray
+    API, so only where it looks as expected."""
+    try:
+        from ray._private import worker as ray_worker
+    except ImportError:
+        return
+    original = getattr(ray_worker, "print_to_stdstream", None)
+    if original is None or getattr(original, "_permerge_stderr", False):
+        return
+
+    def to_stderr(data: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        return original({**data, "is_err": True}, *args, **kwargs)
+
+    to_stderr._permerge_stderr = True  # type: ignore[attr-defined]
+    ray_worker.print_to_stdstream = to_stderr
+
+
 def _abs_ctx(ctx: RunContext, threads: int) -> RunContext:
     """Workers do not share the driver's working directory: send absolute paths.
 
@@ -183,6 +202,7 @@ class RayExecutor:
         self._started = False
         ray = _import_ray()
         self._ray = ray
+        _cluster_messages_to_stderr()
         if ray.is_initialized():
             return  # the caller's Ray: use it, leave it running
         if address:

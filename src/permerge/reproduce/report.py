@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import re
 import shutil
@@ -18,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .._io import atomic_path, atomic_write_text
+from .._io import atomic_path, atomic_write_text, dumps
 from ..data import parse_spec
 from .plan import Plan
 
@@ -332,7 +331,7 @@ def write_report(
     write_csv(rows, out / "results.csv")
     made = plots(out, rows, summary, results, plan, store or out)
     doc = {"experiment": plan.config.model_dump(), "meta": meta, "rows": rows, "summary": summary, "analysis": ana}
-    atomic_write_text(out / "results.json", json.dumps(doc, indent=1, default=str) + "\n")
+    atomic_write_text(out / "results.json", dumps(doc, indent=1, default=str) + "\n")
     md = [f"# permerge reproduce {plan.config.name}", "", plan.config.description.strip(), ""]
     md.append(
         f"Model `{plan.config.model}`, seeds {list(plan.config.seeds)} (model B uses seed + "

@@ -6,7 +6,6 @@ rerunning the same command after a crash or a kill continues where it stopped.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import sys
@@ -14,11 +13,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .._io import atomic_write_text, remove_stale_temps
+from pydantic import ValidationError
+
+from .._io import atomic_write_text, dumps, remove_stale_temps
+from .._limits import MAX_TASKS, check_seed
 from ..errors import PermergeError
 from ..progress import progress_bar
 from .config import ExperimentConfig, load_experiment
-from .executors import get_executor
+from .executors import check_executor, get_executor
 from .plan import make_plan
 from .report import write_report
 from .tasks import RunContext, Task
@@ -45,10 +47,20 @@ def reproduce(
     Runs are keyed by their full config, so several experiments (or a sweep of extra merges)
     can share one ``store`` and reuse each other's trained models and reduced sets.
     """
+    check_executor(executor)  # before anything is written to --out
     cfg = experiment if isinstance(experiment, ExperimentConfig) else load_experiment(experiment, quick=quick)
     if seeds:
-        cfg = cfg.model_copy(update={"seeds": tuple(seeds)})
+        for s in seeds:
+            check_seed(s, "--seeds")
+        try:
+            cfg = ExperimentConfig.model_validate({**cfg.model_dump(), "seeds": tuple(seeds)})
+        except ValidationError as e:
+            raise PermergeError(f"--seeds: {e.errors()[0]['msg']}") from None
     plan = make_plan(cfg)
+    if len(plan.tasks) > MAX_TASKS:
+        raise PermergeError(
+            f"{cfg.name}: {len(plan.tasks):,} runs; at most {MAX_TASKS:,} per grid (split it into several)"
+        )
     root = Path(out)
     if dry_run:
         return {"experiment": cfg.name, "stages": [[t.label for t in s] for s in plan.stages], "tasks": len(plan.tasks)}
@@ -56,13 +68,15 @@ def reproduce(
         root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise PermergeError(f"cannot create output folder {root}: {e.strerror}") from None
+    except RuntimeError:  # Python < 3.13: a symlink loop
+        raise PermergeError(f"cannot create output folder {root}: symlink loop") from None
     if not os.access(root, os.W_OK):
         raise PermergeError(f"output folder {root} is not writable")
     # a report write cut short by SIGKILL (the report is rewritten below); --out may be a folder
     # the user shares with other files, so only our own report names
     for folder in (root, root / "grids"):
         remove_stale_temps(folder, ("config.json", "results.*", "*.png"))
-    atomic_write_text(root / "config.json", json.dumps(cfg.model_dump(), indent=1) + "\n")
+    atomic_write_text(root / "config.json", dumps(cfg.model_dump(), indent=1) + "\n")
     store_root = Path(store) if store is not None else root
     ctx = RunContext(
         root=str(store_root.resolve()), data_root=None if data_root is None else str(data_root), device=device

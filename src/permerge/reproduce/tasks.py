@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from .._io import atomic_write_text, remove_stale_temps
+from .._io import atomic_write_text, dumps, remove_stale_temps
 
 RESULT = "result.json"
 
@@ -71,7 +71,7 @@ def load_result(directory: Path) -> dict[str, Any] | None:
 
 
 def _write_result(directory: Path, result: dict[str, Any]) -> None:
-    atomic_write_text(directory / RESULT, json.dumps(result, indent=1, default=str) + "\n")
+    atomic_write_text(directory / RESULT, dumps(result, indent=1, default=str) + "\n")
 
 
 _RUNNERS: dict[str, Callable[[Task, RunContext, Path], dict[str, Any]]] = {}
