@@ -150,3 +150,37 @@ def test_model_size_counts_parameters_and_multiply_adds() -> None:
     assert size["macs"] == 64 * 16 + 16 * 12 + 12 * 10
     ens = merge_models(a, b, method="ensemble", progress=False).model
     assert model_size(ens, (1, 8, 8)) == {"params": 2 * size["params"], "macs": 2 * size["macs"]}
+
+
+def test_zipit_without_within_merges_is_a_permutation_merge() -> None:
+    """beta=0, alpha=0, full zip: every merged unit pairs one unit of A with one of B."""
+    from permerge.merge.core import spec_for
+    from permerge.merge.lerp import lerp_state
+    from permerge.permutation.spec import apply_permutation
+
+    a, b = _ckpt("mlp:16x12", 0), _ckpt("mlp:16x12", 1)
+    r = merge_models(a, b, method="zipit", data=_data(), options={"alpha": 0.0, "beta": 0.0}, progress=False)
+    assert r.perm is not None and r.config == a.config
+    permuted_b = apply_permutation(spec_for(a), r.perm, b.model.state_dict())
+    want = lerp_state(a.model.state_dict(), permuted_b, 0.5)
+    for k, v in r.model.state_dict().items():
+        assert torch.allclose(v, want[k], atol=1e-6), k
+
+
+def test_zipit_merges_within_models_when_the_budget_allows() -> None:
+    a, b = _ckpt("mlp:16x12", 0), _ckpt("mlp:16x12", 1)
+    r = merge_models(a, b, method="zipit", data=_data(), options={"beta": 1.0}, progress=False)
+    assert sum(r.info["merger"]["within_model_merges"].values()) > 0
+    assert r.perm is None and r.config == a.config  # full zip: the size of one source
+
+
+def test_zipit_stop_layer_zero_keeps_both_models_side_by_side() -> None:
+    a, b = _ckpt("mlp:16x12", 0), _ckpt("mlp:16x12", 1)
+    r = merge_models(a, b, method="zipit", data=_data(), options={"stop_layer": 0}, progress=False)
+    x = torch.rand(5, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(r.model(x), 0.5 * (a.model(x) + b.model(x)), atol=1e-5)
+    partial = merge_models(a, b, method="zipit", data=_data(), options={"stop_layer": 1}, progress=False)
+    assert partial.config is not None and partial.config.hidden == (16, 24)
+    with pytest.raises(PermergeError, match="stop_layer=5"):
+        merge_models(a, b, method="zipit", data=_data(), options={"stop_layer": 5}, progress=False)

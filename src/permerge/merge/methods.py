@@ -68,6 +68,6 @@ def register_merger(
 
 
 def mergers() -> dict[str, Merger]:
-    from . import pleas  # noqa: F401  (registers itself)
+    from . import pleas, zipit  # noqa: F401  (register themselves)
 
     return dict(sorted(_MERGERS.items()))
