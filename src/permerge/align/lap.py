@@ -1,0 +1,201 @@
+"""Exact linear assignment with a warm start: the hot loop of every alignment method.
+
+One interface for weight matching, activation matching, STE and any new method:
+
+* :func:`linear_sum_assignment` is a drop-in for SciPy's (``rows, cols``, ``maximize=``),
+  for one-off problems (activation matching).
+* :class:`AssignmentSolver` keeps the dual variables (row potentials ``u``, column prices
+  ``v``) and the assignment of its last square problem. The next call starts from those
+  prices: every row whose old column is still a best column at the old prices keeps it (a
+  dual-feasible, complementary-slack partial solution), and only the other rows are
+  augmented. When no row lost its column the old assignment is provably optimal and the call
+  ends after one pass over the matrix. Weight matching keeps one solver per permutation
+  group; STE keeps them across its steps.
+
+The compiled backend is a shortest-augmenting-path solver (Crouse, "On implementing 2D
+rectangular assignment algorithms", IEEE TAES 2016: Dijkstra on reduced costs, the
+Jonker-Volgenant family) written for numba. A cold solve follows the same operations, row
+order and tie-breaking as SciPy's implementation of that algorithm, so it returns the same
+assignment as ``scipy.optimize.linear_sum_assignment`` bit for bit (checked in the tests);
+a warm solve returns an optimal assignment too, possibly another one when several are tied.
+Arithmetic is float64 whatever the input dtype: a float32 matrix is read as is (no float64
+copy) and gives the same result as its float64 conversion.
+
+Backend choice: ``numba`` when it imports, else ``scipy`` (no warm start). ``PERMERGE_LAP``
+forces one (``numba`` | ``scipy`` | ``auto``, the default); :func:`backend_info` says which is
+used and why (``permerge methods`` prints it). Matrices with non-finite entries always go to
+SciPy, which defines what ``inf`` (a forbidden pair) and NaN (an error) mean.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment as _scipy_lsa
+
+BACKENDS = ("numba", "scipy")
+ENV_VAR = "PERMERGE_LAP"
+
+
+@lru_cache(maxsize=None)
+def _numba_kernels() -> tuple[Any, Any, Any] | str:
+    """The compiled kernels, or why they are unavailable (import only on first use)."""
+    try:
+        from . import _lap_numba
+    except Exception as e:  # numba missing or broken: a reason to report, not a crash
+        return f"numba unavailable ({type(e).__name__}: {str(e)[:120]})"
+    return _lap_numba.solve, _lap_numba.warm_start, _lap_numba.reduce_rows
+
+
+def backend_info() -> dict[str, str]:
+    """Which assignment backend is used and why: ``{"backend", "reason", "version"}``."""
+    want = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
+    if want not in (*BACKENDS, "auto"):
+        return {"backend": "scipy", "reason": f"{ENV_VAR}={want!r} is not numba|scipy|auto; using scipy", "version": ""}
+    if want == "scipy":
+        return {"backend": "scipy", "reason": f"forced by {ENV_VAR}=scipy", "version": _scipy_version()}
+    kernels = _numba_kernels()
+    if isinstance(kernels, str):
+        why = kernels + ("" if want == "auto" else f" although {ENV_VAR}=numba")
+        return {"backend": "scipy", "reason": why, "version": _scipy_version()}
+    import numba
+
+    return {
+        "backend": "numba",
+        "reason": "compiled shortest augmenting path, warm-started" + (f" ({ENV_VAR}=numba)" if want == "numba" else ""),
+        "version": numba.__version__,
+    }
+
+
+def backend() -> str:
+    return backend_info()["backend"]
+
+
+def _scipy_version() -> str:
+    import scipy
+
+    return scipy.__version__
+
+
+def _as_matrix(cost: np.ndarray | torch.Tensor) -> np.ndarray:
+    """A C-contiguous float32/float64 numpy matrix (tensors are moved to the CPU once)."""
+    if isinstance(cost, torch.Tensor):
+        t = cost.detach()
+        if t.dtype not in (torch.float32, torch.float64):
+            t = t.double()
+        cost = t.cpu().numpy()
+    a = np.asarray(cost)
+    if a.ndim != 2:
+        raise ValueError(f"expected a matrix, got shape {a.shape}")
+    if a.dtype not in (np.float32, np.float64):
+        a = a.astype(np.float64)
+    return np.ascontiguousarray(a)
+
+
+@dataclass
+class SolverStats:
+    calls: int = 0
+    warm_calls: int = 0
+    warm_optimal: int = 0  # warm calls that ended after the optimality check (nothing to augment)
+    augmented_rows: int = 0  # rows that needed a shortest augmenting path, over all calls
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        return {k: float(v) for k, v in self.__dict__.items()}
+
+
+@dataclass
+class AssignmentSolver:
+    """Repeated exact assignment problems, each warm-started from the previous one's duals.
+
+    ``solve`` returns ``(rows, cols)`` exactly like SciPy's ``linear_sum_assignment``. Warm
+    starts apply to square problems of the size last solved; anything else is solved cold.
+    """
+
+    backend: str = field(default_factory=backend)
+    stats: SolverStats = field(default_factory=SolverStats)
+    _u: np.ndarray | None = field(default=None, repr=False)
+    _v: np.ndarray | None = field(default=None, repr=False)
+    _col4row: np.ndarray | None = field(default=None, repr=False)
+    _maximize: bool = field(default=True, repr=False)
+
+    def reset(self) -> None:
+        """Forget the last solution (the next call is cold)."""
+        self._u = self._v = self._col4row = None
+
+    def solve(
+        self, cost: np.ndarray | torch.Tensor, *, maximize: bool = True, warm: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
+        t0 = time.perf_counter()
+        c = _as_matrix(cost)
+        self.stats.calls += 1
+        try:
+            return self._solve(c, maximize, warm)
+        finally:
+            self.stats.seconds += time.perf_counter() - t0
+
+    def _solve(self, c: np.ndarray, maximize: bool, warm: bool) -> tuple[np.ndarray, np.ndarray]:
+        nr, nc = c.shape
+        kernels = _numba_kernels() if self.backend == "numba" else None
+        if kernels is None or isinstance(kernels, str) or nr == 0 or nc == 0 or not np.isfinite(c).all():
+            self.reset()
+            rows, cols = _scipy_lsa(c, maximize=maximize)
+            self.stats.augmented_rows += min(nr, nc)
+            return rows.astype(np.int64), cols.astype(np.int64)
+        solve_kernel, warm_kernel, reduce_kernel = kernels
+        sign = -1.0 if maximize else 1.0
+        if nr != nc:
+            self.reset()  # warm starts are for square problems (the permutation groups)
+            transpose = nr > nc
+            m = np.ascontiguousarray(c.T) if transpose else c
+            u = np.zeros(m.shape[0])
+            v = np.zeros(m.shape[1])
+            col4row = np.full(m.shape[0], -1, dtype=np.int64)
+            row4col = np.full(m.shape[1], -1, dtype=np.int64)
+            self.stats.augmented_rows += solve_kernel(m, sign, u, v, col4row, row4col)
+            if transpose:
+                order = np.argsort(col4row, kind="stable")
+                return col4row[order].astype(np.int64), order.astype(np.int64)
+            return np.arange(nr, dtype=np.int64), col4row
+        n = nr
+        if (
+            warm
+            and self._v is not None
+            and self._col4row is not None
+            and self._u is not None
+            and len(self._v) == n
+            and self._maximize == maximize
+        ):
+            u, v, col4row = self._u, self._v, self._col4row
+            row4col = np.full(n, -1, dtype=np.int64)
+            self.stats.warm_calls += 1
+            free = warm_kernel(c, sign, u, v, col4row, row4col)
+            if free == 0:
+                self.stats.warm_optimal += 1
+            else:
+                reduce_kernel(c, sign, u, v, col4row, row4col, 4 * n)
+        else:
+            u, v = np.zeros(n), np.zeros(n)
+            col4row = np.full(n, -1, dtype=np.int64)
+            row4col = np.full(n, -1, dtype=np.int64)
+        self.stats.augmented_rows += solve_kernel(c, sign, u, v, col4row, row4col)
+        self._u, self._v, self._col4row, self._maximize = u, v, col4row, maximize
+        return np.arange(n, dtype=np.int64), col4row.copy()
+
+
+def linear_sum_assignment(
+    cost: np.ndarray | torch.Tensor, *, maximize: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """One cold solve with the selected backend; same answer as SciPy's (``rows, cols``)."""
+    return AssignmentSolver().solve(cost, maximize=maximize, warm=False)
+
+
+def assignment_score(cost: torch.Tensor, cols: torch.Tensor) -> float:
+    """``sum_i cost[i, cols[i]]`` in float64 (the objective the solvers maximise)."""
+    return float(cost[torch.arange(len(cols), device=cost.device), cols.to(cost.device)].double().sum())
