@@ -424,16 +424,24 @@ def methods(json_out: JsonOpt = False) -> None:
         "average": {"needs_data": False, "summary": "plain weight averaging (no alignment)", "options": {}},
         "ensemble": {"needs_data": False, "summary": "average of output probabilities", "options": {}},
     }
+    from .align.lap import backend_info
+
+    solver = backend_info()  # the linear-assignment backend every alignment method uses
     for name, m in align_methods().items():
         rows[name] = {
             "needs_data": m.needs_data,
             "summary": m.summary,
             "options": {k: str(f.default) for k, f in m.options.model_fields.items()},
+            "assignment_solver": solver,
         }
     if json_out:
         print(json.dumps(rows))
         return
-    t = Table(title="merge methods")
+    version = f" {solver['version']}" if solver["version"] else ""
+    t = Table(
+        title="merge methods",
+        caption=f"linear assignment: {solver['backend']}{version} ({solver['reason']}); PERMERGE_LAP=scipy|numba|auto",
+    )
     for c in ("method", "needs data", "what", "options (--opt key=value)"):
         t.add_column(c)
     for k, v in rows.items():

@@ -9,8 +9,11 @@ on disk (``cache=True``), so later processes only load the machine code.
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 from numba import njit
+
+NUMBA_VERSION: str = numba.__version__
 
 
 @njit(cache=True)

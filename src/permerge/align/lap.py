@@ -29,11 +29,12 @@ SciPy, which defines what ``inf`` (a forbidden pair) and NaN (an error) mean.
 
 from __future__ import annotations
 
+import importlib
 import os
 import time
+import types
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
 
 import numpy as np
 import torch
@@ -44,13 +45,12 @@ ENV_VAR = "PERMERGE_LAP"
 
 
 @lru_cache(maxsize=None)
-def _numba_kernels() -> tuple[Any, Any, Any] | str:
-    """The compiled kernels, or why they are unavailable (import only on first use)."""
+def _numba_kernels() -> types.ModuleType | str:
+    """The module of compiled kernels, or why it is unavailable (imported on first use)."""
     try:
-        from . import _lap_numba
+        return importlib.import_module(f"{__package__}._lap_numba")
     except Exception as e:  # numba missing or broken: a reason to report, not a crash
         return f"numba unavailable ({type(e).__name__}: {str(e)[:120]})"
-    return _lap_numba.solve, _lap_numba.warm_start, _lap_numba.reduce_rows
 
 
 def backend_info() -> dict[str, str]:
@@ -64,12 +64,10 @@ def backend_info() -> dict[str, str]:
     if isinstance(kernels, str):
         why = kernels + ("" if want == "auto" else f" although {ENV_VAR}=numba")
         return {"backend": "scipy", "reason": why, "version": _scipy_version()}
-    import numba
-
     return {
         "backend": "numba",
         "reason": "compiled shortest augmenting path, warm-started" + (f" ({ENV_VAR}=numba)" if want == "numba" else ""),
-        "version": numba.__version__,
+        "version": kernels.NUMBA_VERSION,
     }
 
 
@@ -96,6 +94,12 @@ def _as_matrix(cost: np.ndarray | torch.Tensor) -> np.ndarray:
     if a.dtype not in (np.float32, np.float64):
         a = a.astype(np.float64)
     return np.ascontiguousarray(a)
+
+
+def _all_finite(c: np.ndarray) -> bool:
+    # Any inf or NaN makes the sum non-finite; a finite sum is the common, cheap answer (no
+    # boolean copy of the matrix). Only an overflowing sum of finite values takes the long way.
+    return bool(np.isfinite(c.sum())) or bool(np.isfinite(c).all())
 
 
 @dataclass
@@ -143,12 +147,12 @@ class AssignmentSolver:
     def _solve(self, c: np.ndarray, maximize: bool, warm: bool) -> tuple[np.ndarray, np.ndarray]:
         nr, nc = c.shape
         kernels = _numba_kernels() if self.backend == "numba" else None
-        if kernels is None or isinstance(kernels, str) or nr == 0 or nc == 0 or not np.isfinite(c).all():
+        if not isinstance(kernels, types.ModuleType) or nr == 0 or nc == 0 or not _all_finite(c):
             self.reset()
             rows, cols = _scipy_lsa(c, maximize=maximize)
             self.stats.augmented_rows += min(nr, nc)
             return rows.astype(np.int64), cols.astype(np.int64)
-        solve_kernel, warm_kernel, reduce_kernel = kernels
+        solve_kernel, warm_kernel, reduce_kernel = kernels.solve, kernels.warm_start, kernels.reduce_rows
         sign = -1.0 if maximize else 1.0
         if nr != nc:
             self.reset()  # warm starts are for square problems (the permutation groups)
@@ -158,7 +162,11 @@ class AssignmentSolver:
             v = np.zeros(m.shape[1])
             col4row = np.full(m.shape[0], -1, dtype=np.int64)
             row4col = np.full(m.shape[1], -1, dtype=np.int64)
-            self.stats.augmented_rows += solve_kernel(m, sign, u, v, col4row, row4col)
+            augmented = solve_kernel(m, sign, u, v, col4row, row4col)
+            if augmented < 0:
+                rows, cols = _scipy_lsa(c, maximize=maximize)
+                return rows.astype(np.int64), cols.astype(np.int64)
+            self.stats.augmented_rows += augmented
             if transpose:
                 order = np.argsort(col4row, kind="stable")
                 return col4row[order].astype(np.int64), order.astype(np.int64)
@@ -184,7 +192,12 @@ class AssignmentSolver:
             u, v = np.zeros(n), np.zeros(n)
             col4row = np.full(n, -1, dtype=np.int64)
             row4col = np.full(n, -1, dtype=np.int64)
-        self.stats.augmented_rows += solve_kernel(c, sign, u, v, col4row, row4col)
+        augmented = solve_kernel(c, sign, u, v, col4row, row4col)
+        if augmented < 0:  # cannot happen with finite costs; SciPy then says what is wrong
+            self.reset()
+            rows, cols = _scipy_lsa(c, maximize=maximize)
+            return rows.astype(np.int64), cols.astype(np.int64)
+        self.stats.augmented_rows += augmented
         self._u, self._v, self._col4row, self._maximize = u, v, col4row, maximize
         return np.arange(n, dtype=np.int64), col4row.copy()
 

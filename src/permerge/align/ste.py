@@ -71,7 +71,9 @@ def ste_method(problem: AlignProblem, opts: STEOptions) -> Alignment:
     state_a = {k: v.to(dev) for k, v in problem.state_a.items()}
     state_b = {k: v.to(dev) for k, v in problem.state_b.items()}
     spec = problem.spec
-    matcher = WeightMatcher(spec, {k: v.cpu() for k, v in problem.state_b.items()})
+    # Costs are computed where the weights live (a GPU too); each step's three assignment
+    # problems are warm-started from the previous step's dual variables (align/lap.py).
+    matcher = WeightMatcher(spec, problem.state_b, device=dev)
     g = torch.Generator().manual_seed(opts.seed)
 
     data = problem.data
@@ -106,9 +108,7 @@ def ste_method(problem: AlignProblem, opts: STEOptions) -> Alignment:
     buffers = {k: v for k, v in state_a.items() if k not in proxy}
 
     def project(init: Permutation | None, sweeps: int) -> Permutation:
-        perm, _ = matcher.match(
-            {k: v.detach().cpu() for k, v in proxy.items()}, init=init, max_iter=sweeps, generator=g
-        )
+        perm, _ = matcher.match({k: v.detach() for k, v in proxy.items()}, init=init, max_iter=sweeps, generator=g)
         return perm
 
     def merged_params(perm: Permutation, straight_through: bool) -> dict[str, torch.Tensor]:
@@ -185,6 +185,8 @@ def ste_method(problem: AlignProblem, opts: STEOptions) -> Alignment:
             "score_loss_best": best_loss,
             "best_step": best_step,
             "scored_on": "held-out merge data" if opts.holdout > 0 else "merge data",
+            "assignment_backend": matcher.assignment_backend,
+            "assignment": matcher.solver_stats(),
             "history": history,
         },
     )

@@ -16,7 +16,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..permutation.spec import Permutation, PermutationSpec, permute_param
-from .lap import AssignmentSolver, assignment_score
+from .lap import AssignmentSolver, assignment_score, backend
 from .registry import Alignment, AlignProblem, register
 
 _STAT_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
@@ -105,11 +105,14 @@ class WeightMatcher:
     def _columns(self, p: str, i: int, perm: Permutation) -> torch.Tensor:
         """Column ``c`` of B's permuted unit rows is column ``src[c]`` of its unpermuted ones.
 
-        Found by permuting an index tensor shaped like the weight (unit axis of size 1)."""
+        Found by permuting an index tensor laid out like one unit's slice of the weight (the
+        unit axis holds the ``block`` entries of one unit), which only the other groups move.
+        """
         ref = self.spec.groups[p].axes[i]
         shape = list(self.b[ref.param].shape)
-        del shape[ref.axis]
-        index = torch.arange(math.prod(shape)).reshape(shape).unsqueeze(ref.axis)
+        shape[ref.axis] = ref.block
+        rest = shape[: ref.axis] + shape[ref.axis + 1 :]
+        index = torch.arange(math.prod(shape)).reshape(ref.block, *rest).movedim(0, ref.axis)
         return permute_param(self.spec, ref.param, index, perm, skip_group=p).movedim(ref.axis, 0).reshape(-1)
 
     def _unpermuted_rows(self, p: str, i: int) -> torch.Tensor:
@@ -220,6 +223,10 @@ class WeightMatcher:
                 break
         return perm, {"sweeps": sweeps}
 
+    @property
+    def assignment_backend(self) -> str:
+        return next(iter(self.solvers.values())).backend if self.solvers else backend()
+
     def solver_stats(self) -> dict[str, float]:
         """Assignment work summed over the groups' solvers, plus the skipped solves."""
         total: dict[str, float] = {}
@@ -248,14 +255,30 @@ def weight_matching(
     max_iter: int = 100,
     seed: int = 0,
     init: Permutation | None = None,
+    device: torch.device | str | None = None,
 ) -> tuple[Permutation, dict[str, float]]:
-    """The permutation of B's units that maximises ``sum <W_a, pi(W_b)>`` (a local optimum)."""
-    matcher = WeightMatcher(spec, state_b)
+    """The permutation of B's units that maximises ``sum <W_a, pi(W_b)>`` (a local optimum).
+
+    ``device``: where the cost matrices are computed (default CPU); the assignment problems
+    are solved on the CPU either way, each cost matrix copied over once as float32.
+    """
+    matcher = WeightMatcher(spec, state_b, device=device)
     return matcher.match(state_a, init=init, max_iter=max_iter, generator=torch.Generator().manual_seed(seed))
 
 
 @register("wm", WMOptions, needs_data=False, summary="weight matching (data-free)")
 def wm_method(problem: AlignProblem, opts: WMOptions) -> Alignment:
     t0 = time.perf_counter()
-    perm, info = weight_matching(problem.spec, problem.state_a, problem.state_b, max_iter=opts.max_iter, seed=opts.seed)
-    return Alignment(perm, {**info, "seconds": time.perf_counter() - t0})
+    matcher = WeightMatcher(problem.spec, problem.state_b, device=problem.device)
+    perm, info = matcher.match(
+        problem.state_a, max_iter=opts.max_iter, generator=torch.Generator().manual_seed(opts.seed)
+    )
+    return Alignment(
+        perm,
+        {
+            **info,
+            "seconds": time.perf_counter() - t0,
+            "assignment_backend": matcher.assignment_backend,
+            "assignment": matcher.solver_stats(),
+        },
+    )
