@@ -46,6 +46,7 @@ def main() -> None:
         f"projection {info['projection_seconds_per_step'] * 1e3:.1f} ms/step, "
         f"initial WM {info['initial_wm_seconds']:.2f} s"
     )
+    print("assignment:", info.get("assignment"))
     pstats.Stats(prof).sort_stats("tottime").print_stats(args.top)
 
 

@@ -11,6 +11,14 @@ from scipy.optimize import linear_sum_assignment as scipy_lsa
 
 from permerge.align import lap
 
+NUMBA = not isinstance(lap._numba_kernels(), str)
+
+
+@pytest.fixture(autouse=True)
+def _compiled_for_every_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The compiled kernels take small matrices too (``auto`` would hand them to SciPy)."""
+    monkeypatch.setenv("PERMERGE_LAP", "numba")
+
 
 def _matrices(rng: np.random.Generator) -> list[tuple[str, np.ndarray]]:
     out: list[tuple[str, np.ndarray]] = [
@@ -106,12 +114,12 @@ def test_warm_starts_reach_the_optimum(maximize: bool) -> None:
             assert _score(c, rows, cols) == pytest.approx(best, rel=1e-12, abs=1e-9), (trial, step)
             checked += 1
     assert checked == 60 * 8
-    if lap.backend() == "numba":
-        assert solver.stats.warm_calls == 7
+    if NUMBA:
+        assert solver.stats.warm_calls == 7 and solver.used() == "numba"
 
 
 def test_warm_start_exits_early_when_still_optimal() -> None:
-    if lap.backend() != "numba":
+    if not NUMBA:
         pytest.skip("warm starts are a feature of the compiled backend")
     rng = np.random.default_rng(3)
     c = rng.normal(size=(64, 64)).astype(np.float32)
@@ -138,16 +146,24 @@ def test_warm_start_survives_shape_and_direction_changes() -> None:
 
 
 def test_backend_is_chosen_and_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(5)
+    small, large = rng.normal(size=(10, 10)), rng.normal(size=(lap.MIN_COMPILED_SIZE, lap.MIN_COMPILED_SIZE))
+    monkeypatch.setenv("PERMERGE_LAP", "auto")
     info = lap.backend_info()
-    assert info["backend"] in lap.BACKENDS and info["reason"]
+    assert info["backend"] == ("numba" if NUMBA else "scipy") and info["reason"]
+    auto = lap.AssignmentSolver()
+    for c in (small, large, small):
+        assert np.array_equal(auto.solve(c)[1], scipy_lsa(c, maximize=True)[1])
+    # auto: small problems to SciPy (numba's start-up is not worth it), large ones compiled
+    assert (auto.stats.scipy_calls, auto.stats.compiled_calls) == ((2, 1) if NUMBA else (3, 0))
+    assert auto.used() == ("numba+scipy" if NUMBA else "scipy")
+
     monkeypatch.setenv("PERMERGE_LAP", "scipy")
     assert lap.backend_info()["backend"] == "scipy" and "PERMERGE_LAP" in lap.backend_info()["reason"]
-    solver = lap.AssignmentSolver()
-    assert solver.backend == "scipy"
-    c = np.random.default_rng(5).normal(size=(10, 10))
-    assert np.array_equal(solver.solve(c)[1], scipy_lsa(c, maximize=True)[1])
-    assert np.array_equal(solver.solve(c)[1], scipy_lsa(c, maximize=True)[1])
-    assert solver.stats.warm_calls == 0
+    forced = lap.AssignmentSolver()
+    for c in (large, large):
+        assert np.array_equal(forced.solve(c)[1], scipy_lsa(c, maximize=True)[1])
+    assert forced.stats.scipy_calls == 2 and forced.stats.warm_calls == 0 and forced.used() == "scipy"
     monkeypatch.setenv("PERMERGE_LAP", "fast")
     assert lap.backend_info()["backend"] == "scipy" and "not numba|scipy|auto" in lap.backend_info()["reason"]
 
@@ -161,12 +177,14 @@ def test_falls_back_to_scipy_without_numba(monkeypatch: pytest.MonkeyPatch) -> N
     try:
         info = lap.backend_info()
         assert info["backend"] == "scipy" and "numba unavailable" in info["reason"]
-        c = np.random.default_rng(6).normal(size=(12, 9))
-        got = lap.linear_sum_assignment(c, maximize=True)
-        want = scipy_lsa(c, maximize=True)
-        assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
         monkeypatch.setenv("PERMERGE_LAP", "numba")
         assert "although PERMERGE_LAP=numba" in lap.backend_info()["reason"]
+        c = np.random.default_rng(6).normal(size=(12, 9))
+        solver = lap.AssignmentSolver()
+        got = solver.solve(c, maximize=True)
+        want = scipy_lsa(c, maximize=True)
+        assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+        assert solver.used() == "scipy"
     finally:
         monkeypatch.undo()
         lap._numba_kernels.cache_clear()

@@ -113,9 +113,14 @@ def _reference_weight_matching(spec, state_a, state_b, seed: int, max_iter: int 
 
 
 @pytest.mark.parametrize("arch,shape", [("mlp:160x128x96x64", (1, 28, 28)), ("cnn:0.5", (1, 28, 28))])
-def test_wm_equals_the_plain_algorithm(arch: str, shape: tuple[int, int, int]) -> None:
+@pytest.mark.parametrize("lap_mode", ["numba", "auto"])
+def test_wm_equals_the_plain_algorithm(
+    arch: str, shape: tuple[int, int, int], lap_mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Warm-started solver, skipped groups and low-rank product updates change nothing."""
     from permerge.align.weight_matching import WeightMatcher
+
+    monkeypatch.setenv("PERMERGE_LAP", lap_mode)  # numba: the compiled solver even for these small groups
 
     a, b = _model(arch, shape, 0), _model(arch, shape, 1)
     spec = derive_spec(a.model, torch.zeros(1, *shape))
@@ -128,6 +133,8 @@ def test_wm_equals_the_plain_algorithm(arch: str, shape: tuple[int, int, int]) -
         assert torch.equal(got[k], want[k]), k
     stats = matcher.solver_stats()
     assert stats["skipped"] > 0 and stats["products_updated"] > 0
+    if lap_mode == "numba" and matcher.assignment_backend == "numba":
+        assert stats["warm_calls"] > 0
     # called again (as STE does), every solve starts warm and the answer is the same
     again, _ = matcher.match(sa, generator=torch.Generator().manual_seed(2))
     assert all(torch.equal(again[k], want[k]) for k in spec.groups)
@@ -136,6 +143,7 @@ def test_wm_equals_the_plain_algorithm(arch: str, shape: tuple[int, int, int]) -
 def test_wm_same_result_with_scipy_backend(monkeypatch: pytest.MonkeyPatch) -> None:
     a, b = _model("mlp:96x64", (1, 28, 28), 0), _model("mlp:96x64", (1, 28, 28), 1)
     spec = derive_spec(a.model, torch.zeros(1, 1, 28, 28))
+    monkeypatch.setenv("PERMERGE_LAP", "numba")
     ours, _ = weight_matching(spec, a.model.state_dict(), b.model.state_dict())
     monkeypatch.setenv("PERMERGE_LAP", "scipy")
     theirs, _ = weight_matching(spec, a.model.state_dict(), b.model.state_dict())

@@ -18,7 +18,7 @@ from torch.func import functional_call
 from ..errors import AlignmentError
 from ..permutation.spec import PermutationSpec
 from ..progress import progress_bar
-from .lap import backend, linear_sum_assignment
+from .lap import AssignmentSolver
 from .registry import Alignment, AlignProblem, register
 
 
@@ -109,11 +109,12 @@ def am_method(problem: AlignProblem, opts: AMOptions) -> Alignment:
     sims = activation_correlations(problem, opts)
     perm = {}
     mean_corr = {}
+    solver = AssignmentSolver()
     for g, c in sims.items():
-        _, cols = linear_sum_assignment(c, maximize=True)  # a cold solve: SciPy's answer, ties included
+        _, cols = solver.solve(c, maximize=True, warm=False)  # a cold solve: SciPy's answer, ties included
         perm[g] = torch.from_numpy(cols.astype(np.int64))
         mean_corr[g] = float(c[torch.arange(len(cols)), perm[g]].mean())
     return Alignment(
         perm,
-        {"seconds": time.perf_counter() - t0, "mean_matched_similarity": mean_corr, "assignment_backend": backend()},
+        {"seconds": time.perf_counter() - t0, "mean_matched_similarity": mean_corr, "assignment_backend": solver.used()},
     )

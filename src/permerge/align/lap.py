@@ -21,10 +21,13 @@ a warm solve returns an optimal assignment too, possibly another one when severa
 Arithmetic is float64 whatever the input dtype: a float32 matrix is read as is (no float64
 copy) and gives the same result as its float64 conversion.
 
-Backend choice: ``numba`` when it imports, else ``scipy`` (no warm start). ``PERMERGE_LAP``
-forces one (``numba`` | ``scipy`` | ``auto``, the default); :func:`backend_info` says which is
-used and why (``permerge methods`` prints it). Matrices with non-finite entries always go to
-SciPy, which defines what ``inf`` (a forbidden pair) and NaN (an error) mean.
+Backend choice (``PERMERGE_LAP``): ``auto`` (the default) uses numba when it imports, for
+problems of ``MIN_COMPILED_SIZE`` (256) rows or more, and SciPy otherwise (no warm start:
+small problems are cheap and numba's start-up is not); ``numba`` uses it for every size;
+``scipy`` never. :func:`backend_info` says which is used and why (``permerge methods`` prints
+it). Matrices with non-finite entries always go to SciPy, which defines what ``inf`` (a
+forbidden pair) and NaN (an error) mean. Both backends return an optimal assignment, and the
+same one unless several are tied, so the choice changes speed, not results.
 """
 
 from __future__ import annotations
@@ -42,6 +45,10 @@ from scipy.optimize import linear_sum_assignment as _scipy_lsa
 
 BACKENDS = ("numba", "scipy")
 ENV_VAR = "PERMERGE_LAP"
+# With PERMERGE_LAP=auto, problems smaller than this go to SciPy: one such solve takes a
+# millisecond or two, less than numba's one-off start-up in a fresh process (about 0.5 s of
+# CPU to import numba and load the cached kernels), and they seldom come in long series.
+MIN_COMPILED_SIZE = 256
 
 
 @lru_cache(maxsize=None)
@@ -53,21 +60,36 @@ def _numba_kernels() -> types.ModuleType | str:
         return f"numba unavailable ({type(e).__name__}: {str(e)[:120]})"
 
 
-def backend_info() -> dict[str, str]:
-    """Which assignment backend is used and why: ``{"backend", "reason", "version"}``."""
+def _mode() -> str:
     want = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
-    if want not in (*BACKENDS, "auto"):
-        return {"backend": "scipy", "reason": f"{ENV_VAR}={want!r} is not numba|scipy|auto; using scipy", "version": ""}
-    if want == "scipy":
-        return {"backend": "scipy", "reason": f"forced by {ENV_VAR}=scipy", "version": _scipy_version()}
+    return want if want in (*BACKENDS, "auto") else "invalid"
+
+
+def backend_info() -> dict[str, str]:
+    """Which assignment backend is used and why: ``{"backend", "reason", "version", "min_size"}``.
+
+    ``min_size``: the smallest problem (rows or columns, whichever is more) the compiled
+    backend takes; smaller ones are solved by SciPy."""
+    mode = _mode()
+    if mode == "invalid":
+        given = os.environ.get(ENV_VAR, "")
+        why = f"{ENV_VAR}={given!r} is not numba|scipy|auto; using scipy"
+        return {"backend": "scipy", "reason": why, "version": _scipy_version(), "min_size": "-"}
+    if mode == "scipy":
+        return {"backend": "scipy", "reason": f"forced by {ENV_VAR}=scipy", "version": _scipy_version(), "min_size": "-"}
     kernels = _numba_kernels()
     if isinstance(kernels, str):
-        why = kernels + ("" if want == "auto" else f" although {ENV_VAR}=numba")
-        return {"backend": "scipy", "reason": why, "version": _scipy_version()}
+        why = kernels + ("" if mode == "auto" else f" although {ENV_VAR}=numba")
+        return {"backend": "scipy", "reason": why, "version": _scipy_version(), "min_size": "-"}
+    what = "compiled shortest augmenting path, warm-started"
+    if mode == "numba":
+        return {"backend": "numba", "reason": f"{what}, every size ({ENV_VAR}=numba)", "version": kernels.NUMBA_VERSION,
+                "min_size": "1"}
     return {
         "backend": "numba",
-        "reason": "compiled shortest augmenting path, warm-started" + (f" ({ENV_VAR}=numba)" if want == "numba" else ""),
+        "reason": f"{what}, for problems of {MIN_COMPILED_SIZE}+ rows (smaller: SciPy)",
         "version": kernels.NUMBA_VERSION,
+        "min_size": str(MIN_COMPILED_SIZE),
     }
 
 
@@ -105,9 +127,11 @@ def _all_finite(c: np.ndarray) -> bool:
 @dataclass
 class SolverStats:
     calls: int = 0
-    warm_calls: int = 0
+    compiled_calls: int = 0  # solved by the numba kernels
+    scipy_calls: int = 0  # solved by SciPy (small, non-finite, or no numba)
+    warm_calls: int = 0  # compiled calls that started from the previous solution
     warm_optimal: int = 0  # warm calls that ended after the optimality check (nothing to augment)
-    augmented_rows: int = 0  # rows that needed a shortest augmenting path, over all calls
+    augmented_rows: int = 0  # rows that needed a shortest augmenting path (compiled calls)
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, float]:
@@ -120,9 +144,10 @@ class AssignmentSolver:
 
     ``solve`` returns ``(rows, cols)`` exactly like SciPy's ``linear_sum_assignment``. Warm
     starts apply to square problems of the size last solved; anything else is solved cold.
+    ``mode`` is ``PERMERGE_LAP`` at creation (see :func:`backend_info`).
     """
 
-    backend: str = field(default_factory=backend)
+    mode: str = field(default_factory=_mode)
     stats: SolverStats = field(default_factory=SolverStats)
     _u: np.ndarray | None = field(default=None, repr=False)
     _v: np.ndarray | None = field(default=None, repr=False)
@@ -132,6 +157,17 @@ class AssignmentSolver:
     def reset(self) -> None:
         """Forget the last solution (the next call is cold)."""
         self._u = self._v = self._col4row = None
+
+    def used(self) -> str:
+        """Which backends solved this solver's problems so far: numba, scipy, numba+scipy, none."""
+        used = [b for b, n in (("numba", self.stats.compiled_calls), ("scipy", self.stats.scipy_calls)) if n]
+        return "+".join(used) or "none"
+
+    def _kernels(self, size: int) -> types.ModuleType | None:
+        if self.mode == "auto" and size < MIN_COMPILED_SIZE or self.mode not in ("auto", "numba"):
+            return None
+        kernels = _numba_kernels()
+        return kernels if isinstance(kernels, types.ModuleType) else None
 
     def solve(
         self, cost: np.ndarray | torch.Tensor, *, maximize: bool = True, warm: bool = True
@@ -144,15 +180,17 @@ class AssignmentSolver:
         finally:
             self.stats.seconds += time.perf_counter() - t0
 
+    def _scipy(self, c: np.ndarray, maximize: bool) -> tuple[np.ndarray, np.ndarray]:
+        self.reset()
+        self.stats.scipy_calls += 1
+        rows, cols = _scipy_lsa(c, maximize=maximize)
+        return rows.astype(np.int64), cols.astype(np.int64)
+
     def _solve(self, c: np.ndarray, maximize: bool, warm: bool) -> tuple[np.ndarray, np.ndarray]:
         nr, nc = c.shape
-        kernels = _numba_kernels() if self.backend == "numba" else None
-        if not isinstance(kernels, types.ModuleType) or nr == 0 or nc == 0 or not _all_finite(c):
-            self.reset()
-            rows, cols = _scipy_lsa(c, maximize=maximize)
-            self.stats.augmented_rows += min(nr, nc)
-            return rows.astype(np.int64), cols.astype(np.int64)
-        solve_kernel, warm_kernel, reduce_kernel = kernels.solve, kernels.warm_start, kernels.reduce_rows
+        kernels = self._kernels(max(nr, nc))
+        if kernels is None or nr == 0 or nc == 0 or not _all_finite(c):
+            return self._scipy(c, maximize)
         sign = -1.0 if maximize else 1.0
         if nr != nc:
             self.reset()  # warm starts are for square problems (the permutation groups)
@@ -162,10 +200,10 @@ class AssignmentSolver:
             v = np.zeros(m.shape[1])
             col4row = np.full(m.shape[0], -1, dtype=np.int64)
             row4col = np.full(m.shape[1], -1, dtype=np.int64)
-            augmented = solve_kernel(m, sign, u, v, col4row, row4col)
-            if augmented < 0:
-                rows, cols = _scipy_lsa(c, maximize=maximize)
-                return rows.astype(np.int64), cols.astype(np.int64)
+            augmented = kernels.solve(m, sign, u, v, col4row, row4col)
+            if augmented < 0:  # cannot happen with finite costs; SciPy then says what is wrong
+                return self._scipy(c, maximize)
+            self.stats.compiled_calls += 1
             self.stats.augmented_rows += augmented
             if transpose:
                 order = np.argsort(col4row, kind="stable")
@@ -183,20 +221,19 @@ class AssignmentSolver:
             u, v, col4row = self._u, self._v, self._col4row
             row4col = np.full(n, -1, dtype=np.int64)
             self.stats.warm_calls += 1
-            free = warm_kernel(c, sign, u, v, col4row, row4col)
+            free = kernels.warm_start(c, sign, u, v, col4row, row4col)
             if free == 0:
                 self.stats.warm_optimal += 1
             else:
-                reduce_kernel(c, sign, u, v, col4row, row4col, 4 * n)
+                kernels.reduce_rows(c, sign, u, v, col4row, row4col, 4 * n)
         else:
             u, v = np.zeros(n), np.zeros(n)
             col4row = np.full(n, -1, dtype=np.int64)
             row4col = np.full(n, -1, dtype=np.int64)
-        augmented = solve_kernel(c, sign, u, v, col4row, row4col)
-        if augmented < 0:  # cannot happen with finite costs; SciPy then says what is wrong
-            self.reset()
-            rows, cols = _scipy_lsa(c, maximize=maximize)
-            return rows.astype(np.int64), cols.astype(np.int64)
+        augmented = kernels.solve(c, sign, u, v, col4row, row4col)
+        if augmented < 0:
+            return self._scipy(c, maximize)
+        self.stats.compiled_calls += 1
         self.stats.augmented_rows += augmented
         self._u, self._v, self._col4row, self._maximize = u, v, col4row, maximize
         return np.arange(n, dtype=np.int64), col4row.copy()

@@ -60,6 +60,15 @@ def _lr(opts: STEOptions, step: int, total: int) -> float:
     return opts.lr
 
 
+def _finite(params: list[torch.Tensor]) -> bool:
+    """Every entry finite. Any inf or NaN makes a sum non-finite, so one reduction per tensor
+    answers the common case; only a sum that overflows takes the element-wise check."""
+    with torch.no_grad():
+        if bool(torch.isfinite(torch.stack([p.sum() for p in params])).all()):
+            return True
+        return all(bool(torch.isfinite(p).all()) for p in params)
+
+
 @register("ste", STEOptions, needs_data=True, summary="straight-through estimator on merge data")
 def ste_method(problem: AlignProblem, opts: STEOptions) -> Alignment:
     if problem.data is None:
@@ -106,6 +115,7 @@ def ste_method(problem: AlignProblem, opts: STEOptions) -> Alignment:
     )
     lam = opts.lam
     buffers = {k: v for k, v in state_a.items() if k not in proxy}
+    a_part = {n: (1 - lam) * state_a[n] for n in param_names}  # the same every step
 
     def project(init: Permutation | None, sweeps: int) -> Permutation:
         perm, _ = matcher.match({k: v.detach() for k, v in proxy.items()}, init=init, max_iter=sweeps, generator=g)
@@ -118,7 +128,7 @@ def ste_method(problem: AlignProblem, opts: STEOptions) -> Alignment:
             b = pb[n]
             if straight_through:
                 b = b + (proxy[n] - proxy[n].detach())
-            out[n] = (1 - lam) * state_a[n] + lam * b
+            out[n] = a_part[n] + lam * b
         for k in buffers:
             out[k] = pb[k].clone() if not pb[k].is_floating_point() else torch.lerp(state_a[k], pb[k], lam)
         return out
@@ -160,7 +170,7 @@ def ste_method(problem: AlignProblem, opts: STEOptions) -> Alignment:
             optim.zero_grad(set_to_none=True)
             loss.backward()
             optim.step()
-            if not all(bool(torch.isfinite(p).all()) for p in params):  # a finite loss, an infinite step
+            if not _finite(params):  # a finite loss, an infinite step
                 raise AlignmentError(f"STE diverged at step {step} (non-finite proxy weights); lower --lr")
             if step % opts.eval_every == 0 or step == total:
                 final = project(perm, 100) if step == total else perm

@@ -16,7 +16,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..permutation.spec import Permutation, PermutationSpec, permute_param
-from .lap import AssignmentSolver, assignment_score, backend
+from .lap import AssignmentSolver, assignment_score
 from .registry import Alignment, AlignProblem, register
 
 _STAT_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
@@ -93,6 +93,7 @@ class WeightMatcher:
         self.skipped = 0  # group solves skipped because no neighbour had moved (all calls)
         self.products = {"fresh": 0, "updated": 0}  # how products were obtained (all calls)
         self._orig_rows: dict[tuple[str, int], torch.Tensor] = {}
+        self._src: dict[tuple[str, int, tuple[bytes, ...]], torch.Tensor] = {}  # _columns, cleared per call
         self._rows_b: dict[tuple[str, int], tuple[tuple[bytes, ...], torch.Tensor]] = {}
         # Products W_a W_b^T per (group, axis), valid while A is unchanged; cleared at every
         # match() because A may differ between calls.
@@ -145,7 +146,10 @@ class WeightMatcher:
             hit = self._products.get((p, i))
             if hit is None or hit.others != others:
                 wa = _unit_rows(a[ref.param].detach().to(device=self.device, dtype=self.dtype), ref.axis, n)
-                hit = self._product(p, i, wa, self._columns(p, i, perm), others, hit)
+                src = self._src.get((p, i, others))
+                if src is None:
+                    src = self._src[(p, i, others)] = self._columns(p, i, perm)
+                hit = self._product(p, i, wa, src, others, hit)
                 self._products[(p, i)] = hit
             prods.append(hit.prod)
         if not prods:
@@ -194,6 +198,7 @@ class WeightMatcher:
         generator: torch.Generator | None = None,
     ) -> tuple[Permutation, dict[str, float]]:
         self._products.clear()
+        self._src.clear()
         perm = {k: v.clone() for k, v in (init or self.spec.identity()).items()}
         g = generator or torch.Generator().manual_seed(0)
         moves = dict.fromkeys(self.names, 0)  # times each group's permutation changed in this call
@@ -225,7 +230,9 @@ class WeightMatcher:
 
     @property
     def assignment_backend(self) -> str:
-        return next(iter(self.solvers.values())).backend if self.solvers else backend()
+        """The backends that solved this matcher's problems (numba, scipy, numba+scipy, none)."""
+        used = {b for s in self.solvers.values() for b in s.used().split("+") if b != "none"}
+        return "+".join(sorted(used)) or "none"
 
     def solver_stats(self) -> dict[str, float]:
         """Assignment work summed over the groups' solvers, plus the skipped solves."""
