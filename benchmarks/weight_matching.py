@@ -154,7 +154,9 @@ def git_re_basin_peer(path: str | None, a: torch.nn.Module, b: torch.nn.Module) 
     ps = grb.mlp_permutation_spec(num_hidden_layers=len(pa) // 2 - 1)
 
     def l2(x: dict[str, Any], y: dict[str, Any]) -> float:
-        return float(np.sqrt(sum(((np.asarray(x[k], np.float64) - np.asarray(y[k], np.float64)) ** 2).sum() for k in x)))
+        return float(
+            np.sqrt(sum(((np.asarray(x[k], np.float64) - np.asarray(y[k], np.float64)) ** 2).sum() for k in x))
+        )
 
     def run() -> Result:
         t0 = time.perf_counter()
@@ -168,13 +170,18 @@ def git_re_basin_peer(path: str | None, a: torch.nn.Module, b: torch.nn.Module) 
 
 def compile_time() -> dict[str, float]:
     """Fresh processes with an empty numba cache: first use that compiles, then one that loads."""
-    code = "import sys; sys.path.insert(0, 'benchmarks'); from weight_matching import warm_up_solver; print(warm_up_solver())"
+    code = (
+        "import sys; sys.path.insert(0, 'benchmarks'); "
+        "from weight_matching import warm_up_solver; print(warm_up_solver())"
+    )
     out = {}
     with tempfile.TemporaryDirectory() as cache:
         env = {**os.environ, "NUMBA_CACHE_DIR": cache}
         root = Path(__file__).resolve().parents[1]
         for label in ("compile_seconds", "cache_load_seconds"):
-            r = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True, check=True)
+            r = subprocess.run(
+                [sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True, check=True
+            )
             out[label] = float(r.stdout.strip().splitlines()[-1])
     return out
 

@@ -17,7 +17,7 @@ NUMBA_VERSION: str = numba.__version__
 
 
 @njit(cache=True)
-def warm_start(cost, sign, u, v, col4row, row4col):  # type: ignore[no-untyped-def]
+def warm_start(cost, sign, u, v, col4row, row4col):
     """Keep the old prices ``v``; re-derive ``u``; keep the rows whose column is still best.
 
     ``u_i = min_j (c_ij - v_j)`` makes every row dual-feasible; row ``i`` keeps its old
@@ -57,7 +57,7 @@ def warm_start(cost, sign, u, v, col4row, row4col):  # type: ignore[no-untyped-d
 
 
 @njit(cache=True)
-def solve(cost, sign, u, v, col4row, row4col):  # type: ignore[no-untyped-def]
+def solve(cost, sign, u, v, col4row, row4col):
     """Augment every free row, in row order, along a shortest path of reduced costs.
 
     From an empty assignment with zero duals this is the algorithm of SciPy's
@@ -134,7 +134,7 @@ def solve(cost, sign, u, v, col4row, row4col):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True)
-def reduce_rows(cost, sign, u, v, col4row, row4col, max_steps):  # type: ignore[no-untyped-def]
+def reduce_rows(cost, sign, u, v, col4row, row4col, max_steps):
     """Jonker-Volgenant augmenting row reduction of the free rows (square problems).
 
     A free row takes its best column at the current prices and lowers that column's price

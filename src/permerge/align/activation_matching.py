@@ -116,5 +116,9 @@ def am_method(problem: AlignProblem, opts: AMOptions) -> Alignment:
         mean_corr[g] = float(c[torch.arange(len(cols)), perm[g]].mean())
     return Alignment(
         perm,
-        {"seconds": time.perf_counter() - t0, "mean_matched_similarity": mean_corr, "assignment_backend": solver.used()},
+        {
+            "seconds": time.perf_counter() - t0,
+            "mean_matched_similarity": mean_corr,
+            "assignment_backend": solver.used(),
+        },
     )

@@ -37,7 +37,7 @@ import os
 import time
 import types
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 import torch
@@ -51,7 +51,7 @@ ENV_VAR = "PERMERGE_LAP"
 MIN_COMPILED_SIZE = 256
 
 
-@lru_cache(maxsize=None)
+@cache
 def _numba_kernels() -> types.ModuleType | str:
     """The module of compiled kernels, or why it is unavailable (imported on first use)."""
     try:
@@ -76,15 +76,24 @@ def backend_info() -> dict[str, str]:
         why = f"{ENV_VAR}={given!r} is not numba|scipy|auto; using scipy"
         return {"backend": "scipy", "reason": why, "version": _scipy_version(), "min_size": "-"}
     if mode == "scipy":
-        return {"backend": "scipy", "reason": f"forced by {ENV_VAR}=scipy", "version": _scipy_version(), "min_size": "-"}
+        return {
+            "backend": "scipy",
+            "reason": f"forced by {ENV_VAR}=scipy",
+            "version": _scipy_version(),
+            "min_size": "-",
+        }
     kernels = _numba_kernels()
     if isinstance(kernels, str):
         why = kernels + ("" if mode == "auto" else f" although {ENV_VAR}=numba")
         return {"backend": "scipy", "reason": why, "version": _scipy_version(), "min_size": "-"}
     what = "compiled shortest augmenting path, warm-started"
     if mode == "numba":
-        return {"backend": "numba", "reason": f"{what}, every size ({ENV_VAR}=numba)", "version": kernels.NUMBA_VERSION,
-                "min_size": "1"}
+        return {
+            "backend": "numba",
+            "reason": f"{what}, every size ({ENV_VAR}=numba)",
+            "version": kernels.NUMBA_VERSION,
+            "min_size": "1",
+        }
     return {
         "backend": "numba",
         "reason": f"{what}, for problems of {MIN_COMPILED_SIZE}+ rows (smaller: SciPy)",
@@ -239,9 +248,7 @@ class AssignmentSolver:
         return np.arange(n, dtype=np.int64), col4row.copy()
 
 
-def linear_sum_assignment(
-    cost: np.ndarray | torch.Tensor, *, maximize: bool = False
-) -> tuple[np.ndarray, np.ndarray]:
+def linear_sum_assignment(cost: np.ndarray | torch.Tensor, *, maximize: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """One cold solve with the selected backend; same answer as SciPy's (``rows, cols``)."""
     return AssignmentSolver().solve(cost, maximize=maximize, warm=False)
 

@@ -65,12 +65,12 @@ class _StraightThrough(torch.autograd.Function):
     as ``a_part + lam * (b + (proxy - proxy.detach()))``, with two element-wise passes less)."""
 
     @staticmethod
-    def forward(ctx, proxy: torch.Tensor, a_part: torch.Tensor, b: torch.Tensor, lam: float) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, proxy: torch.Tensor, a_part: torch.Tensor, b: torch.Tensor, lam: float) -> torch.Tensor:
         ctx.lam = lam
         return a_part + lam * b
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:  # type: ignore[override]
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
         return grad * ctx.lam, None, None, None
 
 
@@ -154,7 +154,9 @@ def ste_method(problem: AlignProblem, opts: STEOptions) -> Alignment:
         out = {}
         for n in param_names:
             # the forward value is (1 - lam) A + lam pi(B); straight through, the proxy gets lam * grad
-            out[n] = _StraightThrough.apply(proxy[n], a_part[n], pb[n], lam) if straight_through else a_part[n] + lam * pb[n]
+            out[n] = (
+                _StraightThrough.apply(proxy[n], a_part[n], pb[n], lam) if straight_through else a_part[n] + lam * pb[n]
+            )
         for k in buffers:
             out[k] = pb[k].clone() if not pb[k].is_floating_point() else torch.lerp(state_a[k], pb[k], lam)
         return out

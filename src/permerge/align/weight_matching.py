@@ -11,7 +11,6 @@ import math
 import time
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -77,15 +76,7 @@ class WeightMatcher:
         # the groups whose permutation enters group p's cost (other axes of the same weights)
         self.neighbours = {
             p: tuple(
-                sorted(
-                    {
-                        q
-                        for ref in g.axes
-                        if ref.param in self.b
-                        for _, q, _ in spec.by_param[ref.param]
-                        if q != p
-                    }
-                )
+                sorted({q for ref in g.axes if ref.param in self.b for _, q, _ in spec.by_param[ref.param] if q != p})
             )
             for p, g in spec.groups.items()
         }
