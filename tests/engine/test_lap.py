@@ -173,7 +173,7 @@ def test_falls_back_to_scipy_without_numba(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.delenv("PERMERGE_LAP", raising=False)
     monkeypatch.setitem(sys.modules, "numba", None)  # `import numba` raises ImportError
     monkeypatch.delitem(sys.modules, "permerge.align._lap_numba", raising=False)
-    lap._numba_kernels.cache_clear()
+    lap._import_kernels.cache_clear()
     try:
         info = lap.backend_info()
         assert info["backend"] == "scipy" and "numba unavailable" in info["reason"]
@@ -187,7 +187,7 @@ def test_falls_back_to_scipy_without_numba(monkeypatch: pytest.MonkeyPatch) -> N
         assert solver.used() == "scipy"
     finally:
         monkeypatch.undo()
-        lap._numba_kernels.cache_clear()
+        lap._import_kernels.cache_clear()
 
 
 def test_methods_command_shows_the_solver(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
@@ -200,3 +200,25 @@ def test_methods_command_shows_the_solver(monkeypatch: pytest.MonkeyPatch, capsy
     rows = json.loads(capsys.readouterr().out)
     assert rows["wm"]["assignment_solver"]["backend"] == "scipy"
     assert "assignment_solver" not in rows["average"]
+
+
+def test_a_failing_kernel_falls_back_to_scipy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kernel that cannot compile or run (an unsupported machine) must not break alignment."""
+    import types
+
+    def broken(*args: object) -> int:
+        raise RuntimeError("no code for this CPU")
+
+    fake = types.ModuleType("fake_kernels")
+    fake.solve = fake.warm_start = fake.reduce_rows = broken  # type: ignore[attr-defined]
+    fake.NUMBA_VERSION = "0"  # type: ignore[attr-defined]
+    monkeypatch.setattr(lap, "_import_kernels", lambda: fake)
+    try:
+        c = np.random.default_rng(7).normal(size=(9, 9))
+        solver = lap.AssignmentSolver()
+        assert np.array_equal(solver.solve(c)[1], scipy_lsa(c, maximize=True)[1])
+        assert solver.used() == "scipy"
+        info = lap.backend_info()
+        assert info["backend"] == "scipy" and "no code for this CPU" in info["reason"]
+    finally:
+        lap._kernel_failure.clear()

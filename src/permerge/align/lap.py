@@ -51,13 +51,20 @@ ENV_VAR = "PERMERGE_LAP"
 MIN_COMPILED_SIZE = 256
 
 
+_kernel_failure: list[str] = []  # set when a kernel failed to compile or run: SciPy from then on
+
+
 @cache
-def _numba_kernels() -> types.ModuleType | str:
-    """The module of compiled kernels, or why it is unavailable (imported on first use)."""
+def _import_kernels() -> types.ModuleType | str:
     try:
         return importlib.import_module(f"{__package__}._lap_numba")
     except Exception as e:  # numba missing or broken: a reason to report, not a crash
         return f"numba unavailable ({type(e).__name__}: {str(e)[:120]})"
+
+
+def _numba_kernels() -> types.ModuleType | str:
+    """The module of compiled kernels, or why it is unavailable (imported on first use)."""
+    return _kernel_failure[0] if _kernel_failure else _import_kernels()
 
 
 def _mode() -> str:
@@ -200,6 +207,18 @@ class AssignmentSolver:
         kernels = self._kernels(max(nr, nc))
         if kernels is None or nr == 0 or nc == 0 or not _all_finite(c):
             return self._scipy(c, maximize)
+        try:
+            out = self._compiled(kernels, c, maximize, warm)
+        except Exception as e:  # e.g. numba cannot compile for this machine: fall back, and say why
+            _kernel_failure[:] = [f"numba kernels failed ({type(e).__name__}: {str(e)[:120]})"]
+            out = None
+        return self._scipy(c, maximize) if out is None else out
+
+    def _compiled(
+        self, kernels: types.ModuleType, c: np.ndarray, maximize: bool, warm: bool
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """Solve with the numba kernels; ``None`` when they report an infeasible problem."""
+        nr, nc = c.shape
         sign = -1.0 if maximize else 1.0
         if nr != nc:
             self.reset()  # warm starts are for square problems (the permutation groups)
@@ -211,7 +230,7 @@ class AssignmentSolver:
             row4col = np.full(m.shape[1], -1, dtype=np.int64)
             augmented = kernels.solve(m, sign, u, v, col4row, row4col)
             if augmented < 0:  # cannot happen with finite costs; SciPy then says what is wrong
-                return self._scipy(c, maximize)
+                return None
             self.stats.compiled_calls += 1
             self.stats.augmented_rows += augmented
             if transpose:
@@ -239,9 +258,10 @@ class AssignmentSolver:
             u, v = np.zeros(n), np.zeros(n)
             col4row = np.full(n, -1, dtype=np.int64)
             row4col = np.full(n, -1, dtype=np.int64)
+        self.reset()  # until this solve has finished, the state is not a solution
         augmented = kernels.solve(c, sign, u, v, col4row, row4col)
         if augmented < 0:
-            return self._scipy(c, maximize)
+            return None
         self.stats.compiled_calls += 1
         self.stats.augmented_rows += augmented
         self._u, self._v, self._col4row, self._maximize = u, v, col4row, maximize
