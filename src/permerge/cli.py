@@ -507,6 +507,9 @@ def methods(json_out: JsonOpt = False) -> None:
             "options": {},
         },
     }
+    from .align.lap import backend_info
+
+    solver = backend_info()  # the linear-assignment backend every alignment method uses
     registered: list[tuple[str, Any]] = [*align_methods().items(), *mergers().items()]
     registered.append(("--finetune kd", FinisherInfo))
     for name, m in registered:
@@ -514,11 +517,16 @@ def methods(json_out: JsonOpt = False) -> None:
             "needs_data": m.needs_data,
             "summary": m.summary,
             "options": {k: str(f.default) for k, f in m.options.model_fields.items()},
+            "assignment_solver": solver,
         }
     if json_out:
         _print_json(rows)
         return
-    t = Table(title="merge methods (options: --opt key=value; the finisher's: --ft-opt key=value)")
+    version = f" {solver['version']}" if solver["version"] else ""
+    t = Table(
+        title="merge methods (options: --opt key=value; the finisher's: --ft-opt key=value)",
+        caption=f"linear assignment: {solver['backend']}{version} ({solver['reason']}); PERMERGE_LAP=scipy|numba|auto",
+    )
     for c in ("method", "needs data", "what", "options"):
         t.add_column(c)
     for k, v in rows.items():

@@ -80,3 +80,94 @@ def test_bad_lam_and_unknown_method() -> None:
         merge_models(a, a, method="magic")
     with pytest.raises(PermergeError, match="needs merge data"):
         merge_models(a, a, method="ste")
+
+
+def _reference_weight_matching(spec, state_a, state_b, seed: int, max_iter: int = 100):  # type: ignore[no-untyped-def]
+    """git-re-basin's coordinate descent as written before the solver work: every cost from
+    scratch, SciPy's assignment, the same group order and acceptance rule."""
+    from scipy.optimize import linear_sum_assignment
+
+    from permerge.permutation.spec import permute_param
+
+    perm = spec.identity()
+    g = torch.Generator().manual_seed(seed)
+    names = list(spec.groups)
+    sweeps = 0
+    for sweeps in range(1, max_iter + 1):  # noqa: B007
+        improved = False
+        for i in torch.randperm(len(names), generator=g).tolist():
+            p = names[i]
+            n = spec.groups[p].size
+            c = torch.zeros(n, n)
+            for ref in spec.groups[p].axes:
+                wb = permute_param(spec, ref.param, state_b[ref.param], perm, skip_group=p)
+                c += state_a[ref.param].movedim(ref.axis, 0).reshape(n, -1) @ wb.movedim(ref.axis, 0).reshape(n, -1).T
+            c64 = c.double()
+            new = torch.from_numpy(linear_sum_assignment(c64.numpy(), maximize=True)[1])
+            old_score, new_score = float(c64[torch.arange(n), perm[p]].sum()), float(c64[torch.arange(n), new].sum())
+            if new_score > old_score + 1e-9 * max(1.0, abs(old_score)):
+                perm[p], improved = new, True
+        if not improved:
+            break
+    return perm, sweeps
+
+
+@pytest.mark.parametrize("arch,shape", [("mlp:160x128x96x64", (1, 28, 28)), ("cnn:0.5", (1, 28, 28))])
+@pytest.mark.parametrize("lap_mode", ["numba", "auto"])
+def test_wm_equals_the_plain_algorithm(
+    arch: str, shape: tuple[int, int, int], lap_mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Warm-started solver, skipped groups and low-rank product updates change nothing."""
+    from permerge.align.weight_matching import WeightMatcher
+
+    monkeypatch.setenv("PERMERGE_LAP", lap_mode)  # numba: the compiled solver even for these small groups
+
+    a, b = _model(arch, shape, 0), _model(arch, shape, 1)
+    spec = derive_spec(a.model, torch.zeros(1, *shape))
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    want, want_sweeps = _reference_weight_matching(spec, sa, sb, seed=2)
+    matcher = WeightMatcher(spec, sb)
+    got, info = matcher.match(sa, generator=torch.Generator().manual_seed(2))
+    assert info["sweeps"] == want_sweeps >= 3
+    for k in spec.groups:
+        assert torch.equal(got[k], want[k]), k
+    stats = matcher.solver_stats()
+    assert stats["skipped"] > 0 and stats["products_updated"] > 0
+    if lap_mode == "numba" and matcher.assignment_backend == "numba":
+        assert stats["warm_calls"] > 0
+    # called again (as STE does), every solve starts warm and the answer is the same
+    again, _ = matcher.match(sa, generator=torch.Generator().manual_seed(2))
+    assert all(torch.equal(again[k], want[k]) for k in spec.groups)
+
+
+def test_wm_same_result_with_scipy_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    a, b = _model("mlp:96x64", (1, 28, 28), 0), _model("mlp:96x64", (1, 28, 28), 1)
+    spec = derive_spec(a.model, torch.zeros(1, 1, 28, 28))
+    monkeypatch.setenv("PERMERGE_LAP", "numba")
+    ours, _ = weight_matching(spec, a.model.state_dict(), b.model.state_dict())
+    monkeypatch.setenv("PERMERGE_LAP", "scipy")
+    theirs, _ = weight_matching(spec, a.model.state_dict(), b.model.state_dict())
+    assert all(torch.equal(ours[k], theirs[k]) for k in spec.groups)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_wm_on_cuda_equals_cpu() -> None:
+    """Costs built on the GPU (no TF32), solved on the CPU: the CPU's permutations, or at
+    least its objective where float32 rounding on the two devices breaks a near-tie."""
+    a, b = _model("mlp:256x256x256", (1, 28, 28), 0), _model("mlp:256x256x256", (1, 28, 28), 1)
+    spec = derive_spec(a.model, torch.zeros(1, 1, 28, 28))
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    cpu, _ = weight_matching(spec, sa, sb)
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        gpu, _ = weight_matching(
+            spec, {k: v.cuda() for k, v in sa.items()}, {k: v.cuda() for k, v in sb.items()}, device="cuda"
+        )
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+    assert all(v.device.type == "cpu" for v in gpu.values())
+    if not all(torch.equal(cpu[k], gpu[k]) for k in spec.groups):
+        d_cpu = l2_distance(sa, apply_permutation(spec, cpu, sb))
+        d_gpu = l2_distance(sa, apply_permutation(spec, gpu, sb))
+        assert d_gpu == pytest.approx(d_cpu, rel=1e-4)

@@ -12,13 +12,13 @@ import time
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from scipy.optimize import linear_sum_assignment
 from torch import fx, nn
 from torch.func import functional_call
 
 from ..errors import AlignmentError
 from ..permutation.spec import PermutationSpec
 from ..progress import progress_bar
+from .lap import AssignmentSolver
 from .registry import Alignment, AlignProblem, register
 
 
@@ -109,8 +109,16 @@ def am_method(problem: AlignProblem, opts: AMOptions) -> Alignment:
     sims = activation_correlations(problem, opts)
     perm = {}
     mean_corr = {}
+    solver = AssignmentSolver()
     for g, c in sims.items():
-        _, cols = linear_sum_assignment(c.numpy(), maximize=True)
+        _, cols = solver.solve(c, maximize=True, warm=False)  # a cold solve: SciPy's answer, ties included
         perm[g] = torch.from_numpy(cols.astype(np.int64))
         mean_corr[g] = float(c[torch.arange(len(cols)), perm[g]].mean())
-    return Alignment(perm, {"seconds": time.perf_counter() - t0, "mean_matched_similarity": mean_corr})
+    return Alignment(
+        perm,
+        {
+            "seconds": time.perf_counter() - t0,
+            "mean_matched_similarity": mean_corr,
+            "assignment_backend": solver.used(),
+        },
+    )

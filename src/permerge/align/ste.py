@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch.func import functional_call
 
 from ..errors import AlignmentError
-from ..permutation.spec import Permutation, apply_permutation
+from ..permutation.spec import Permutation, permute_param
 from ..progress import progress_bar
 from .registry import Alignment, AlignProblem, register
 from .weight_matching import WeightMatcher
@@ -60,6 +60,29 @@ def _lr(opts: STEOptions, step: int, total: int) -> float:
     return opts.lr
 
 
+class _StraightThrough(torch.autograd.Function):
+    """``a_part + lam * b`` forward; backward sends ``lam * grad`` to the proxy (the same values
+    as ``a_part + lam * (b + (proxy - proxy.detach()))``, with two element-wise passes less)."""
+
+    @staticmethod
+    def forward(ctx, proxy: torch.Tensor, a_part: torch.Tensor, b: torch.Tensor, lam: float) -> torch.Tensor:
+        ctx.lam = lam
+        return a_part + lam * b
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
+        return grad * ctx.lam, None, None, None
+
+
+def _finite(params: list[torch.Tensor]) -> bool:
+    """Every entry finite. Any inf or NaN makes a sum non-finite, so one reduction per tensor
+    answers the common case; only a sum that overflows takes the element-wise check."""
+    with torch.no_grad():
+        if bool(torch.isfinite(torch.stack([p.sum() for p in params])).all()):
+            return True
+        return all(bool(torch.isfinite(p).all()) for p in params)
+
+
 @register("ste", STEOptions, needs_data=True, summary="straight-through estimator on merge data")
 def ste_method(problem: AlignProblem, opts: STEOptions) -> Alignment:
     if problem.data is None:
@@ -71,7 +94,9 @@ def ste_method(problem: AlignProblem, opts: STEOptions) -> Alignment:
     state_a = {k: v.to(dev) for k, v in problem.state_a.items()}
     state_b = {k: v.to(dev) for k, v in problem.state_b.items()}
     spec = problem.spec
-    matcher = WeightMatcher(spec, {k: v.cpu() for k, v in problem.state_b.items()})
+    # Costs are computed where the weights live (a GPU too); each step's three assignment
+    # problems are warm-started from the previous step's dual variables (align/lap.py).
+    matcher = WeightMatcher(spec, problem.state_b, device=dev)
     g = torch.Generator().manual_seed(opts.seed)
 
     data = problem.data
@@ -104,21 +129,34 @@ def ste_method(problem: AlignProblem, opts: STEOptions) -> Alignment:
     )
     lam = opts.lam
     buffers = {k: v for k, v in state_a.items() if k not in proxy}
+    a_part = {n: (1 - lam) * state_a[n] for n in param_names}  # the same every step
 
     def project(init: Permutation | None, sweeps: int) -> Permutation:
-        perm, _ = matcher.match(
-            {k: v.detach().cpu() for k, v in proxy.items()}, init=init, max_iter=sweeps, generator=g
-        )
+        perm, _ = matcher.match({k: v.detach() for k, v in proxy.items()}, init=init, max_iter=sweeps, generator=g)
         return perm
 
+    permuted_b: dict[str, tuple[tuple[bytes, ...], torch.Tensor]] = {}
+
+    def permute_b(perm: Permutation) -> dict[str, torch.Tensor]:
+        """``apply_permutation(spec, perm, state_b)``, reusing tensors whose groups did not move."""
+        out, on_dev = {}, None
+        for k, v in state_b.items():
+            key = tuple(perm[g].numpy().tobytes() for _, g, _ in spec.by_param.get(k, ()))
+            hit = permuted_b.get(k)
+            if hit is None or hit[0] != key:
+                on_dev = on_dev or {g: p.to(dev) for g, p in perm.items()}
+                hit = permuted_b[k] = (key, permute_param(spec, k, v, on_dev))
+            out[k] = hit[1]
+        return out
+
     def merged_params(perm: Permutation, straight_through: bool) -> dict[str, torch.Tensor]:
-        pb = apply_permutation(spec, {k: v.to(dev) for k, v in perm.items()}, state_b)
+        pb = permute_b(perm)
         out = {}
         for n in param_names:
-            b = pb[n]
-            if straight_through:
-                b = b + (proxy[n] - proxy[n].detach())
-            out[n] = (1 - lam) * state_a[n] + lam * b
+            # the forward value is (1 - lam) A + lam pi(B); straight through, the proxy gets lam * grad
+            out[n] = (
+                _StraightThrough.apply(proxy[n], a_part[n], pb[n], lam) if straight_through else a_part[n] + lam * pb[n]
+            )
         for k in buffers:
             out[k] = pb[k].clone() if not pb[k].is_floating_point() else torch.lerp(state_a[k], pb[k], lam)
         return out
@@ -160,7 +198,7 @@ def ste_method(problem: AlignProblem, opts: STEOptions) -> Alignment:
             optim.zero_grad(set_to_none=True)
             loss.backward()
             optim.step()
-            if not all(bool(torch.isfinite(p).all()) for p in params):  # a finite loss, an infinite step
+            if not _finite(params):  # a finite loss, an infinite step
                 raise AlignmentError(f"STE diverged at step {step} (non-finite proxy weights); lower --opt lr")
             if step % opts.eval_every == 0 or step == total:
                 final = project(perm, 100) if step == total else perm
@@ -185,6 +223,8 @@ def ste_method(problem: AlignProblem, opts: STEOptions) -> Alignment:
             "score_loss_best": best_loss,
             "best_step": best_step,
             "scored_on": "held-out merge data" if opts.holdout > 0 else "merge data",
+            "assignment_backend": matcher.assignment_backend,
+            "assignment": matcher.solver_stats(),
             "history": history,
         },
     )

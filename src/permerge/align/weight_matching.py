@@ -7,14 +7,15 @@ permuted by the current permutations of the other groups (git-re-basin, Ainswort
 
 from __future__ import annotations
 
+import math
 import time
+from dataclasses import dataclass
 
-import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from scipy.optimize import linear_sum_assignment
 
 from ..permutation.spec import Permutation, PermutationSpec, permute_param
+from .lap import AssignmentSolver, assignment_score
 from .registry import Alignment, AlignProblem, register
 
 _STAT_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
@@ -31,56 +32,153 @@ def _unit_rows(w: torch.Tensor, axis: int, n: int) -> torch.Tensor:
     return w.movedim(axis, 0).reshape(n, -1)
 
 
+@dataclass
+class _Product:
+    others: tuple[bytes, ...]  # the neighbours' permutations it was computed for
+    prod: torch.Tensor  # W_a W_b^T for one axis of a group
+    src: torch.Tensor  # column map of B's unit rows it was computed with (see _columns)
+    updates: int  # rank-d updates since the last fresh product
+
+
 class WeightMatcher:
     """Weight matching against a fixed B, reusable across many calls (STE calls it every step).
 
     Per group and axis it caches B's unit rows with the *other* groups' permutations applied,
-    keyed by those permutations, so a call whose neighbours did not move only pays for one
-    matrix product per axis and one assignment per group. Costs are built in float32
-    (float64 on request): the assignment only needs their order.
+    keyed by those permutations, and the products ``W_a W_b^T`` within a call. When a
+    neighbour's permutation moved only a few units, a product is updated by a low-rank term
+    instead of recomputed (see ``_product``). Within a call, a group none of whose neighbours
+    moved since it was last solved is skipped: its cost matrix, hence its answer, is the
+    same. Costs are built in float32 (float64 on request) on ``device`` and handed to the
+    assignment solver as they are (it computes in float64, so this changes nothing). Each
+    group keeps an :class:`~permerge.align.lap.AssignmentSolver`, which starts from the dual
+    variables of that group's previous problem, in this call or the last one.
     """
 
-    def __init__(self, spec: PermutationSpec, state_b: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32):
+    MAX_UPDATES = 16  # low-rank updates of a product before it is recomputed from scratch
+    UPDATE_FRACTION = 4  # update a product when at most 1/4 of B's columns moved
+
+    def __init__(
+        self,
+        spec: PermutationSpec,
+        state_b: dict[str, torch.Tensor],
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ):
         self.spec = spec
         self.dtype = dtype
-        self.b = {k: v.detach().to(dtype) for k, v in state_b.items() if not k.endswith(_STAT_SUFFIXES)}
+        self.device = torch.device(device if device is not None else "cpu")
+        self.b = {
+            k: v.detach().to(device=self.device, dtype=dtype)
+            for k, v in state_b.items()
+            if not k.endswith(_STAT_SUFFIXES)
+        }
         self.names = list(spec.groups)
+        # the groups whose permutation enters group p's cost (other axes of the same weights)
+        self.neighbours = {
+            p: tuple(
+                sorted({q for ref in g.axes if ref.param in self.b for _, q, _ in spec.by_param[ref.param] if q != p})
+            )
+            for p, g in spec.groups.items()
+        }
+        self.solvers = {p: AssignmentSolver() for p in self.names}
+        self.skipped = 0  # group solves skipped because no neighbour had moved (all calls)
+        self.products = {"fresh": 0, "updated": 0}  # how products were obtained (all calls)
+        self._orig_rows: dict[tuple[str, int], torch.Tensor] = {}
+        self._src: dict[tuple[str, int, tuple[bytes, ...]], torch.Tensor] = {}  # _columns, cleared per call
         self._rows_b: dict[tuple[str, int], tuple[tuple[bytes, ...], torch.Tensor]] = {}
-        # Products W_a W_b^T per (group, axis), valid while A and the neighbours' permutations
-        # are unchanged; cleared at every match() because A may differ between calls.
-        self._products: dict[tuple[str, int], tuple[tuple[bytes, ...], torch.Tensor]] = {}
+        # Products W_a W_b^T per (group, axis), valid while A is unchanged; cleared at every
+        # match() because A may differ between calls.
+        self._products: dict[tuple[str, int], _Product] = {}
 
     def _others(self, p: str, i: int, perm: Permutation) -> tuple[bytes, ...]:
         ref = self.spec.groups[p].axes[i]
         return tuple(perm[g].numpy().tobytes() for _, g, _ in self.spec.by_param[ref.param] if g != p)
 
-    def _b_rows(self, p: str, i: int, perm: Permutation, others: tuple[bytes, ...]) -> torch.Tensor:
+    def _columns(self, p: str, i: int, perm: Permutation) -> torch.Tensor:
+        """Column ``c`` of B's permuted unit rows is column ``src[c]`` of its unpermuted ones.
+
+        Found by permuting an index tensor laid out like one unit's slice of the weight (the
+        unit axis holds the ``block`` entries of one unit), which only the other groups move.
+        """
         ref = self.spec.groups[p].axes[i]
+        shape = list(self.b[ref.param].shape)
+        shape[ref.axis] = ref.block
+        rest = shape[: ref.axis] + shape[ref.axis + 1 :]
+        index = torch.arange(math.prod(shape)).reshape(ref.block, *rest).movedim(0, ref.axis)
+        return permute_param(self.spec, ref.param, index, perm, skip_group=p).movedim(ref.axis, 0).reshape(-1)
+
+    def _unpermuted_rows(self, p: str, i: int) -> torch.Tensor:
+        rows = self._orig_rows.get((p, i))
+        if rows is None:
+            ref = self.spec.groups[p].axes[i]
+            rows = _unit_rows(self.b[ref.param], ref.axis, self.spec.groups[p].size).contiguous()
+            self._orig_rows[(p, i)] = rows
+        return rows
+
+    def _b_rows(self, p: str, i: int, src: torch.Tensor, others: tuple[bytes, ...]) -> torch.Tensor:
         hit = self._rows_b.get((p, i))
         if hit is not None and hit[0] == others:
             return hit[1]
-        wb = permute_param(self.spec, ref.param, self.b[ref.param], perm, skip_group=p)
-        rows = _unit_rows(wb, ref.axis, self.spec.groups[p].size).contiguous()
+        rows = self._unpermuted_rows(p, i).index_select(1, src.to(self.device))
         self._rows_b[(p, i)] = (others, rows)
         return rows
 
     def cost(self, p: str, a: dict[str, torch.Tensor], perm: Permutation) -> torch.Tensor:
+        """Group ``p``'s ``n x n`` similarity on ``self.device`` (``perm`` lives on the CPU).
+
+        The result may be a cached product: read it before the next call, never modify it."""
         g = self.spec.groups[p]
         n = g.size
-        c = torch.zeros(n, n, dtype=self.dtype)
+        prods = []
         for i, ref in enumerate(g.axes):
             if ref.param not in self.b:
                 continue  # BN running statistics are not part of the cost
             others = self._others(p, i, perm)
             hit = self._products.get((p, i))
-            if hit is not None and hit[0] == others:
-                c += hit[1]
-                continue
-            wa = _unit_rows(a[ref.param].detach().to(self.dtype), ref.axis, n)
-            prod = wa @ self._b_rows(p, i, perm, others).T
-            self._products[(p, i)] = (others, prod)
-            c += prod
+            if hit is None or hit.others != others:
+                wa = _unit_rows(a[ref.param].detach().to(device=self.device, dtype=self.dtype), ref.axis, n)
+                src = self._src.get((p, i, others))
+                if src is None:
+                    src = self._src[(p, i, others)] = self._columns(p, i, perm)
+                hit = self._product(p, i, wa, src, others, hit)
+                self._products[(p, i)] = hit
+            prods.append(hit.prod)
+        if not prods:
+            return torch.zeros(n, n, dtype=self.dtype, device=self.device)
+        if len(prods) == 1:
+            return prods[0]
+        # the same additions in the same order as summing onto zeros (0 + x == x exactly)
+        c = torch.add(prods[0], prods[1])
+        for x in prods[2:]:
+            c.add_(x)
         return c
+
+    def _product(
+        self, p: str, i: int, wa: torch.Tensor, src: torch.Tensor, others: tuple[bytes, ...], old: _Product | None
+    ) -> _Product:
+        """``W_a W_b^T`` for one axis, updated from ``old`` when few of B's columns moved.
+
+        When a neighbour's permutation changes in ``d`` of its ``m`` positions, only ``d``
+        columns of B's unit rows change, and the product changes by a rank-``d`` term,
+        ``wa[:, K] @ (new_b[:, K] - old_b[:, K]).T``, which costs ``d / m`` of a fresh product.
+        Late in the descent few units move, so most products are such updates. An update
+        equals the fresh product up to float32 rounding (the order of the additions differs);
+        a fresh one is computed when more than ``1 / UPDATE_FRACTION`` of the columns moved
+        or after ``MAX_UPDATES`` updates in a row.
+        """
+        if old is not None and old.updates < self.MAX_UPDATES:
+            moved = (src != old.src).nonzero().squeeze(1)
+            if len(moved) * self.UPDATE_FRACTION <= len(src):
+                self.products["updated"] += 1
+                if len(moved):
+                    rows = self._unpermuted_rows(p, i)
+                    new_cols = rows.index_select(1, src[moved].to(self.device))
+                    delta = new_cols.sub_(rows.index_select(1, old.src[moved].to(self.device)))
+                    # in place: the cost built from the old product has been used up by now
+                    old.prod.addmm_(wa.index_select(1, moved.to(self.device)), delta.T)
+                return _Product(others, old.prod, src, old.updates + 1)
+        self.products["fresh"] += 1
+        return _Product(others, wa @ self._b_rows(p, i, src, others).T, src, 0)
 
     def match(
         self,
@@ -91,25 +189,51 @@ class WeightMatcher:
         generator: torch.Generator | None = None,
     ) -> tuple[Permutation, dict[str, float]]:
         self._products.clear()
+        self._src.clear()
         perm = {k: v.clone() for k, v in (init or self.spec.identity()).items()}
         g = generator or torch.Generator().manual_seed(0)
+        moves = dict.fromkeys(self.names, 0)  # times each group's permutation changed in this call
+        solved_at: dict[str, tuple[int, ...]] = {}  # neighbours' move counts when a group was last solved
         sweeps = 0
         for sweeps in range(1, max_iter + 1):  # noqa: B007  (sweeps is reported)
             improved = False
             for i in torch.randperm(len(self.names), generator=g).tolist():
                 p = self.names[i]
-                c = self.cost(p, a, perm).double()
-                rows, cols = linear_sum_assignment(c.numpy(), maximize=True)
-                new = torch.from_numpy(cols.astype(np.int64))
-                idx = torch.arange(len(rows))
-                old_score = float(c[idx, perm[p]].sum())
-                new_score = float(c[idx, new].sum())
+                stamp = tuple(moves[q] for q in self.neighbours[p])
+                if solved_at.get(p) == stamp:
+                    # Same cost as at p's last solve and perm[p] unchanged since (only p's own
+                    # solve moves it): the assignment would be the same again, so no change.
+                    self.skipped += 1
+                    continue
+                solved_at[p] = stamp
+                c = self.cost(p, a, perm).cpu()  # one n x n copy when the cost is on a GPU
+                _, cols = self.solvers[p].solve(c, maximize=True)
+                new = torch.from_numpy(cols)
+                old_score = assignment_score(c, perm[p])
+                new_score = assignment_score(c, new)
                 if new_score > old_score + 1e-9 * max(1.0, abs(old_score)):
                     perm[p] = new
+                    moves[p] += 1
                     improved = True
             if not improved:
                 break
         return perm, {"sweeps": sweeps}
+
+    @property
+    def assignment_backend(self) -> str:
+        """The backends that solved this matcher's problems (numba, scipy, numba+scipy, none)."""
+        used = {b for s in self.solvers.values() for b in s.used().split("+") if b != "none"}
+        return "+".join(sorted(used)) or "none"
+
+    def solver_stats(self) -> dict[str, float]:
+        """Assignment work summed over the groups' solvers, plus the skipped solves."""
+        total: dict[str, float] = {}
+        for s in self.solvers.values():
+            for k, v in s.stats.as_dict().items():
+                total[k] = total.get(k, 0.0) + v
+        total["skipped"] = float(self.skipped)
+        total.update({f"products_{k}": float(v) for k, v in self.products.items()})
+        return total
 
 
 def l2_distance(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
@@ -129,14 +253,30 @@ def weight_matching(
     max_iter: int = 100,
     seed: int = 0,
     init: Permutation | None = None,
+    device: torch.device | str | None = None,
 ) -> tuple[Permutation, dict[str, float]]:
-    """The permutation of B's units that maximises ``sum <W_a, pi(W_b)>`` (a local optimum)."""
-    matcher = WeightMatcher(spec, state_b)
+    """The permutation of B's units that maximises ``sum <W_a, pi(W_b)>`` (a local optimum).
+
+    ``device``: where the cost matrices are computed (default CPU); the assignment problems
+    are solved on the CPU either way, each cost matrix copied over once as float32.
+    """
+    matcher = WeightMatcher(spec, state_b, device=device)
     return matcher.match(state_a, init=init, max_iter=max_iter, generator=torch.Generator().manual_seed(seed))
 
 
 @register("wm", WMOptions, needs_data=False, summary="weight matching (data-free)")
 def wm_method(problem: AlignProblem, opts: WMOptions) -> Alignment:
     t0 = time.perf_counter()
-    perm, info = weight_matching(problem.spec, problem.state_a, problem.state_b, max_iter=opts.max_iter, seed=opts.seed)
-    return Alignment(perm, {**info, "seconds": time.perf_counter() - t0})
+    matcher = WeightMatcher(problem.spec, problem.state_b, device=problem.device)
+    perm, info = matcher.match(
+        problem.state_a, max_iter=opts.max_iter, generator=torch.Generator().manual_seed(opts.seed)
+    )
+    return Alignment(
+        perm,
+        {
+            **info,
+            "seconds": time.perf_counter() - t0,
+            "assignment_backend": matcher.assignment_backend,
+            "assignment": matcher.solver_stats(),
+        },
+    )
