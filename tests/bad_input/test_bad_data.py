@@ -253,4 +253,4 @@ def test_huge_class_id(shared_data: Path) -> None:
 def test_unknown_dataset_keeps_brackets(tmp_path: Path, cli_error: Callable[..., str]) -> None:
     """The message quotes the spec grammar ``[classes]``; rich markup used to swallow it."""
     line = cli_error("train", "-d", "imagenet[0-4]", "-o", tmp_path / "out")
-    assert "unknown dataset 'imagenet[0-4]'" in line and "(with optional [classes] and @K)" in line
+    assert "unknown dataset 'imagenet[0-4]'" in line and "[classes] and @K)" in line
