@@ -158,12 +158,14 @@ def _split_view(base: str, spec: str) -> tuple[str, tuple[int, int] | None, int 
         if kind.lower() in ("npz", "folder", "reduced", "rotated-mnist") and not arg:
             break  # the token is that kind's argument, not a view
         m = _SIZE_RE.fullmatch(word)
-        if m and size is None:
+        if (m and size is not None) or (word in CHANNEL_WORDS and channels is not None):
+            raise DataError(f"dataset spec {spec!r} gives two {'sizes' if m else 'channel conversions'}; give one")
+        if m:
             h, w = int(m.group(1)), int(m.group(2))
             if not (1 <= h <= MAX_SIDE and 1 <= w <= MAX_SIDE):
                 raise DataError(f"image size {h}x{w} out of range (1-{MAX_SIDE} per side) in dataset spec {spec!r}")
             size = (h, w)
-        elif word in CHANNEL_WORDS and channels is None:
+        elif word in CHANNEL_WORDS:
             channels = CHANNEL_WORDS[word]
         else:
             break

@@ -81,7 +81,7 @@ def convert_images(
         if to_c == 1 and c == 3:
             x = (x * luma).sum(1, keepdim=True)
         elif to_c == 3 and c == 1:
-            x = x.expand(-1, 3, -1, -1)
+            x = x.repeat(1, 3, 1, 1)
         if to_hw != (h, w):
             x = F.interpolate(x, size=to_hw, mode="bilinear", align_corners=False, antialias=True)
         if images.dtype == torch.uint8:

@@ -290,9 +290,13 @@ def _criteria(
     out: dict[str, Any] = {"wm_distance": wm_dist}
     spec = result.spec or spec_for(a)
     if spec.probes:
-        from ..data import parse_spec
+        from ..data import load_dataset, parse_spec
 
-        specs = [f"{parse_spec(s).without_sampling()}@100" for s in p["pair"]]
+        full = [str(parse_spec(s).without_sampling()) for s in p["pair"]]
+        # 100 images per class, or what the smallest class has (a small dataset, a CI fixture)
+        counts = [load_dataset(s, "train", data_root=ctx.data_root).class_counts() for s in full]
+        k = min(100, *(int(c[c > 0].min()) for c in counts))
+        specs = [f"{s}@{k}" for s in full]
         probe = api.load_merge_data(specs, data_root=ctx.data_root, seed=12345)
         problem = AlignProblem(
             model=copy.deepcopy(a.model), state_a=sa, state_b=sb, spec=spec, data=probe, progress=False
