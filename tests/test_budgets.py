@@ -63,7 +63,14 @@ def test_tiny_and_colour_sets() -> None:
 
 def test_explicit_options_win() -> None:
     cfg, b = _train(100, reduced=True, epochs=5, lr=0.2, augment="none", batch_size=10, val=0.5)
-    assert (cfg.epochs, cfg.steps, cfg.lr, cfg.augment, cfg.batch_size, cfg.val_fraction) == (5, None, 0.2, "none", 10, 0.5)
+    assert (cfg.epochs, cfg.steps, cfg.lr, cfg.augment, cfg.batch_size, cfg.val_fraction) == (
+        5,
+        None,
+        0.2,
+        "none",
+        10,
+        0.5,
+    )
     assert b.chosen == () and set(b.given) == {"epochs", "lr", "augment", "batch_size", "val_fraction"}
     assert b.steps == 5 * 5 and "(as given)" in b.line()
     cfg, b = _train(60_000, steps=700)  # steps instead of the chosen epochs
@@ -101,7 +108,12 @@ def test_api_and_cli_choose_the_same(shared_data: Path, tmp_path: Path, capsys: 
 
     ckpt = api.train("mnist@3", model="mlp:16", steps=60, data_root=shared_data, progress=False, out=tmp_path / "a")
     b = ckpt.meta["budget"]
-    assert (b["steps"], b["batch_size"], b["lr"], b["augment"]) == (60, 30, 0.05, "dsa")  # 3 per class: nothing to hold out
+    assert (b["steps"], b["batch_size"], b["lr"], b["augment"]) == (
+        60,
+        30,
+        0.05,
+        "dsa",
+    )  # 3 per class: nothing to hold out
     assert b["chosen"] == ["batch_size", "lr", "augment"] and b["given"] == ["steps"]
     assert json.loads((tmp_path / "a" / "model.json").read_text())["budget"] == b
     capsys.readouterr()

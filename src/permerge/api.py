@@ -80,7 +80,9 @@ def datasets_of(ckpt: Checkpoint) -> list[str]:
 def _option_error(e: ValidationError) -> PermergeError:
     err = e.errors()[0]
     where = ".".join(map(str, err["loc"]))
-    return PermergeError(f"invalid training option {where!r}: {err['msg']}" if where else f"training options: {err['msg']}")
+    return PermergeError(
+        f"invalid training option {where!r}: {err['msg']}" if where else f"training options: {err['msg']}"
+    )
 
 
 def train(

@@ -207,7 +207,7 @@ def ste_budget(opts: STEOptions, data: MergeData) -> tuple[STEOptions, Budget]:
     for k in ("lr", "batch_size"):
         if k not in given or getattr(opts, k) is None:
             update[k] = recipe[k]
-    batch = update.get("batch_size", opts.batch_size)
+    batch = int(update.get("batch_size") or opts.batch_size or STE_SMALL["batch_size"])
     if opts.steps is not None:
         steps = opts.steps
     elif opts.epochs is not None:

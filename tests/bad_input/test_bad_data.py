@@ -194,7 +194,10 @@ NPZ_CASES: dict[str, tuple[dict[str, np.ndarray], str]] = {
         {"images": np.full((10, 4, 4), 300.0), "labels": np.arange(10)},
         "image values lie in [300, 300]; expected [0, 1] or [0, 255]",
     ),
-    "wrong-keys": ({"x_train": np.zeros((10, 4, 4)), "y_train": np.arange(10)}, "npz needs arrays 'images' and 'labels'"),
+    "wrong-keys": (
+        {"x_train": np.zeros((10, 4, 4)), "y_train": np.arange(10)},
+        "npz needs arrays 'images' and 'labels'",
+    ),
     "zero-images-4d": ({"images": np.zeros((0, 3, 8, 8), np.float32), "labels": np.zeros(0, np.int64)}, "no images"),
 }
 

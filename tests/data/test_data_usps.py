@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _usps import usps_images, usps_line, write_usps_file, write_usps_root
 
+from _usps import usps_images, usps_line, write_usps_file, write_usps_root
 from permerge.data import load_dataset, locate, readers
 from permerge.errors import DataError
 
@@ -88,7 +88,9 @@ def test_named_dataset_in_data_root(tmp_path: Path, folder: str, clear_dataset_c
     assert tr.class_counts().tolist() == [4] * 10 and tr.class_names[3] == "3"
 
 
-def test_found_through_permerge_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clear_dataset_cache: None) -> None:
+def test_found_through_permerge_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clear_dataset_cache: None
+) -> None:
     monkeypatch.setenv("PERMERGE_DATA", str(write_usps_root(tmp_path / "env", 2, 1)))
     assert len(load_dataset("usps@2", "train")) == 20
 

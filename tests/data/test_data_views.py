@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from _usps import write_usps_root
 from PIL import Image
 
+from _usps import write_usps_root
 from permerge import api
 from permerge.data import DatasetSpec, load_dataset, parse_spec
 from permerge.data.spec import convert

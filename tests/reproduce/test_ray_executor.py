@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _procs import descendants
 
+from _procs import descendants
 from permerge.errors import PermergeError
 from permerge.reproduce.executors import LocalExecutor, get_executor
 from permerge.reproduce.tasks import RunContext, Task

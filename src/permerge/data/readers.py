@@ -256,12 +256,12 @@ def read_usps(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
             except ValueError:
                 pairs = None
             if pairs is not None:
-                idx, val = pairs[:, 0], pairs[:, 1]
-                ok_idx = bool(((idx >= 1) & (idx <= n_pixels) & (idx == np.floor(idx))).all())
-                ok_idx = ok_idx and bool((np.diff(idx) > 0).all())  # libsvm indices ascend
-                ok_val = bool(((val >= -1.0 - 1e-6) & (val <= 1.0 + 1e-6)).all())
+                cols, vals = pairs[:, 0], pairs[:, 1]
+                ok_idx = bool(((cols >= 1) & (cols <= n_pixels) & (cols == np.floor(cols))).all())
+                ok_idx = ok_idx and bool((np.diff(cols) > 0).all())  # libsvm indices ascend
+                ok_val = bool(((vals >= -1.0 - 1e-6) & (vals <= 1.0 + 1e-6)).all())
                 if ok_idx and ok_val:
-                    x[i, idx.astype(np.int64) - 1] = val
+                    x[i, cols.astype(np.int64) - 1] = vals
                     continue
         for f in feats:  # the slow path finds and names what is wrong
             k, sep, v = f.partition(":")

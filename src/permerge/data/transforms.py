@@ -84,9 +84,6 @@ def convert_images(
             x = x.repeat(1, 3, 1, 1)
         if to_hw != (h, w):
             x = F.interpolate(x, size=to_hw, mode="bilinear", align_corners=False, antialias=True)
-        if images.dtype == torch.uint8:
-            x = x.round_().clamp_(0, 255)
-        else:
-            x = x.clamp_(0, 1)
+        x = x.round_().clamp_(0, 255) if images.dtype == torch.uint8 else x.clamp_(0, 1)
         out[start : start + chunk] = x.to(images.dtype)
     return out
