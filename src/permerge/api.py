@@ -223,8 +223,8 @@ def merge(
     check_compatible(ca, cb)  # a mismatch of architectures is the clearer message; then the data
     check_inputs(ca, [*tests, *(md.sources if md else ())])
     dev = resolve_device(device)
-    if method == "ste" and options is not None and "seed" not in options:
-        options = {**options, "seed": seed}
+    if method == "ste" and "seed" not in (options or {}):  # --seed also seeds STE without any --opt
+        options = {**(options or {}), "seed": seed}
     result = merge_models(
         ca,
         cb,

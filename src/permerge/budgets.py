@@ -145,9 +145,9 @@ def train_budget(
     if reduced:
         rule = f"a reduced set of {_count(n)} images"
     elif small:
-        rule = f"{_count(n)} training images (< {_count(SMALL_TRAIN)})"
+        rule = f"{_count(n)} training images, under {_count(SMALL_TRAIN)}"
     else:
-        rule = f"{_count(n)} training images (>= {_count(SMALL_TRAIN)}, the paper's recipe)"
+        rule = f"{_count(n)} training images: the paper's recipe"
     if "batch_size" not in given:
         chosen["batch_size"] = max(1, min(SMALL_TRAIN_BATCH, n)) if small else FULL_TRAIN["batch_size"]
     if "lr" not in given:
@@ -199,9 +199,9 @@ def ste_budget(opts: STEOptions, data: MergeData) -> tuple[STEOptions, Budget]:
     small = n < SMALL_MERGE
     recipe = STE_SMALL if small else STE_FULL
     rule = (
-        f"{_count(n)} merge images (< {_count(SMALL_MERGE)}: the reduced-data recipe)"
+        f"{_count(n)} merge images, under {_count(SMALL_MERGE)}: the reduced-data recipe"
         if small
-        else f"{_count(n)} merge images (>= {_count(SMALL_MERGE)}: the full-data recipe)"
+        else f"{_count(n)} merge images: the full-data recipe"
     )
     update: dict[str, Any] = {}
     for k in ("lr", "batch_size"):
