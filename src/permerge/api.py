@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from safetensors.torch import save_file
 from ._io import atomic_path, atomic_write_text, dumps, finite
 from ._limits import check_seed
 from ._outdir import OutputFolder, data_paths
+from .budgets import train_budget
 from .checkpoint import Checkpoint, check_compatible, check_inputs, load_checkpoint, save_checkpoint, write_checkpoint
 from .data import ImageSet, load_dataset, parse_spec
 from .data.imageset import concat
@@ -35,7 +37,7 @@ from .merge.sameinit import same_init_notes
 from .merge.size import model_size
 from .models import build_model, check_size, model_config_for
 from .permutation.spec import Permutation, PermutationSpec
-from .train import TrainConfig, check_trained, evaluate, evaluate_many, train_model, train_val_split
+from .train import TrainConfig, check_trained, evaluate, evaluate_many, train_model, train_size, train_val_split
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -61,7 +63,8 @@ def test_spec(train_spec: str) -> str:
         src = load_reduced(Path(s.base.split(":", 1)[1])).meta.get("source")
         if not src:
             raise PermergeError(f"{train_spec}: reduced set does not record its source dataset")
-        return test_spec(str(src))
+        t = parse_spec(test_spec(str(src)))  # a size / channel view of the set applies to its test set too
+        return str(replace(t, size=s.size or t.size, channels=s.channels or t.channels))
     return str(s.without_sampling())
 
 
@@ -81,6 +84,14 @@ def datasets_of(ckpt: Checkpoint) -> list[str]:
     raise PermergeError(f"{ckpt.path}: model metadata names no dataset; pass --datasets")
 
 
+def _option_error(e: ValidationError) -> PermergeError:
+    err = e.errors()[0]
+    where = ".".join(map(str, err["loc"]))
+    return PermergeError(
+        f"invalid training option {where!r}: {err['msg']}" if where else f"training options: {err['msg']}"
+    )
+
+
 def train(
     dataset: str | Sequence[str],
     *,
@@ -95,6 +106,11 @@ def train(
 ) -> Checkpoint:
     """Train ``model`` on ``dataset`` (train split minus a validation part); save if ``out``.
 
+    ``train_options`` are :class:`~permerge.train.TrainConfig` fields; those not given (or
+    given as ``None``) are chosen from the data by :func:`permerge.budgets.train_budget`
+    (e.g. a reduced set of 100 images: 3,000 steps with DSA augmentation), logged on the
+    ``permerge.budget`` logger and recorded as ``meta["budget"]``.
+
     Several datasets train one model jointly on their union (the upper bound a merge is
     compared with); the model is then scored on each of their test sets. ``out`` is checked
     before training (see :class:`~permerge._outdir.OutputFolder`); a run that diverges raises
@@ -106,15 +122,23 @@ def train(
         specs_in = [dataset] if isinstance(dataset, str) else list(dataset)
         folder = OutputFolder(out, inputs=data_paths(specs_in), force=force)
     try:
-        cfg = TrainConfig(**train_options)
+        TrainConfig(**{k: v for k, v in train_options.items() if v is not None})  # bad names fail before loading
     except ValidationError as e:  # one line for the CLI, not pydantic's multi-line report
-        err = e.errors()[0]
-        raise PermergeError(f"invalid training option {'.'.join(map(str, err['loc']))!r}: {err['msg']}") from None
+        raise _option_error(e) from None
     specs = [dataset] if isinstance(dataset, str) else list(dataset)
     if not specs:
         raise PermergeError("train needs at least one dataset")
     parts = [load_dataset(s, "train", data_root=data_root, seed=seed) for s in specs]
     data = parts[0] if len(parts) == 1 else concat(parts)
+    # Options left unset (or None) are chosen from the data: see permerge.budgets.
+    cfg, budget = train_budget(
+        train_options,
+        n_images=len(data),
+        n_train=lambda fraction: train_size(data.labels, fraction),
+        reduced=all(parse_spec(s).kind == "reduced" for s in specs),
+        channels=data.image_shape[0],
+    )
+    budget.announce()
     dataset = "+".join(specs)
     split = train_val_split(data, cfg.val_fraction, seed=0)  # same validation part for every seed
     mcfg = model_config_for(model, data.image_shape)
@@ -145,6 +169,7 @@ def train(
         **({"datasets": specs} if len(specs) > 1 else {}),
         "seed": seed,
         "train": cfg.model_dump(),
+        "budget": budget.to_dict(),
         "normalization": data.normalization.to_dict(),
         "scores": scores,
         "wall_seconds": time.perf_counter() - t0,
@@ -231,8 +256,8 @@ def merge(
     check_compatible(ca, cb)  # a mismatch of architectures is the clearer message; then the data
     check_inputs(ca, [*tests, *(md.sources if md else ())])
     dev = resolve_device(device)
-    if method == "ste" and options is not None and "seed" not in options:
-        options = {**options, "seed": seed}
+    if method == "ste" and "seed" not in (options or {}):  # --seed also seeds STE without any --opt
+        options = {**(options or {}), "seed": seed}
     if finetune != "none" and "seed" not in (finetune_options or {}):
         finetune_options = {**(finetune_options or {}), "seed": seed}
     result = merge_models(

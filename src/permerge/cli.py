@@ -6,6 +6,7 @@ User errors (:class:`PermergeError`) print one line and exit 2; no traceback.
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import sys
 import threading
@@ -117,20 +118,21 @@ def train(
         str, typer.Option("--model", "-m", help="mlp, mlp:256x256, cnn, vgg11:0.5, vgg16, resnet20:x2")
     ] = "mlp",
     seed: Seed = 0,
-    epochs: int = 10,
-    lr: Annotated[float | None, typer.Option(help="default 0.1 (SGD) / 1e-3 (Adam)")] = None,
-    batch_size: int = 500,
+    epochs: Annotated[int | None, typer.Option(help="default: chosen from the data (see below)")] = None,
+    steps: Annotated[int | None, typer.Option(help="total optimisation steps, instead of --epochs")] = None,
+    lr: Annotated[float | None, typer.Option(help="default 0.1 (SGD; 0.05 on small data) / 1e-3 (Adam)")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="default 500 (256 on small data)")] = None,
     optimizer: str = "sgd",
     weight_decay: float = 0.0,
     schedule: str = "constant",
     augment: Annotated[
         str | None,
         typer.Option(
-            help="none, crop-flip (pad-4 crop + flip) or dsa (one random DSA operation per batch, for "
-            "a few images per class); default crop-flip for CIFAR-10, none otherwise"
+            help="none, crop-flip (pad-4 crop + flip) or dsa (one random DSA operation per batch); default dsa "
+            "for a reduced set or under 1,000 images, crop-flip for other colour images, else none"
         ),
     ] = None,
-    val_fraction: float = 1 / 12,
+    val_fraction: Annotated[float | None, typer.Option(help="default 1/12 (0 for a reduced set)")] = None,
     precision: Annotated[
         str, typer.Option(help="fp32, bf16 (mixed precision, CPU or GPU) or fp16 (mixed precision, CUDA)")
     ] = "fp32",
@@ -140,10 +142,12 @@ def train(
     force: Force = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Train a model on one dataset (a validation part is held out) and save it."""
-    if augment is None:
-        colour = all(d.startswith(("cifar", "npz", "folder")) and "mnist" not in d for d in dataset)
-        augment = "crop-flip" if colour else "none"
+    """Train a model on one dataset (a validation part is held out) and save it.
+
+    Unset budget options are chosen from the data (permerge.budgets) and printed on one line:
+    10,000+ images: 10 epochs at batch 500, lr 0.1; fewer: 3,000 steps at batch 256, lr 0.05;
+    a reduced set (or under 1,000 images): also DSA augmentation (and no validation part).
+    """
     ckpt = api.train(
         dataset[0] if len(dataset) == 1 else dataset,
         model=model,
@@ -153,7 +157,8 @@ def train(
         device=device,
         progress=not quiet and not json_out,
         epochs=epochs,
-        lr=lr if lr is not None else (1e-3 if optimizer == "adam" else 0.1),
+        steps=steps,
+        lr=lr,
         batch_size=batch_size,
         optimizer=optimizer,
         weight_decay=weight_decay,
@@ -495,6 +500,11 @@ def sweep(
     )
 
 
+def _default_text(default: object, description: str | None) -> str:
+    """``None`` documented as "default: ..." is chosen at run time (STE's budget): 'auto'."""
+    return "auto" if default is None and "default:" in (description or "") else str(default)
+
+
 @app.command()
 def methods(json_out: JsonOpt = False) -> None:
     """List merge methods and their options."""
@@ -516,7 +526,7 @@ def methods(json_out: JsonOpt = False) -> None:
         rows[name] = {
             "needs_data": m.needs_data,
             "summary": m.summary,
-            "options": {k: str(f.default) for k, f in m.options.model_fields.items()},
+            "options": {k: _default_text(f.default, f.description) for k, f in m.options.model_fields.items()},
             "assignment_solver": solver,
         }
     if json_out:
@@ -600,10 +610,36 @@ def _terminated(signum: int, _frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
+class _LogLines(logging.Handler):
+    """The library's log lines (the chosen budget; warnings) as plain lines: information on
+    stdout (not with --json, whose stdout is JSON only), warnings on stderr."""
+
+    def __init__(self, show_info: bool) -> None:
+        super().__init__(logging.INFO)
+        self.show_info = show_info
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = escape(record.getMessage())
+        if record.levelno >= logging.WARNING:
+            err_console.print(f"[yellow]warning:[/yellow] {msg}", highlight=False, soft_wrap=True)
+        elif self.show_info:
+            console.print(msg, highlight=False, soft_wrap=True)
+
+
+def _show_log_lines(args: list[str]) -> None:
+    logger = logging.getLogger("permerge")
+    for h in [h for h in logger.handlers if isinstance(h, _LogLines)]:
+        logger.removeHandler(h)  # main() may run more than once in one process (tests)
+    logger.addHandler(_LogLines(show_info="--json" not in args))
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
 def main(argv: list[str] | None = None) -> None:
     if argv is None and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminated)  # only as the program, not when called in tests
     args = _expand_multi(list(sys.argv[1:] if argv is None else argv))
+    _show_log_lines(args)
     try:
         # Outside standalone mode typer *returns* the code of a typer.Exit, and turns Ctrl-C
         # into Exit(130): both must become the process's exit status.

@@ -53,17 +53,13 @@ def run_demo(
     for spec in (dataset_a, dataset_b):
         say("  data " + _describe(spec, data_root))
     # Different init seeds: two models from one init share a basin and would flatter averaging.
+    # The demo's fixed recipe (its published numbers), not the small-data budget: 4,000 images each.
+    recipe: dict[str, Any] = {"epochs": epochs, "batch_size": 500, "lr": 0.1, "augment": "none"}
     a = api.train(
-        dataset_a, model="mlp", seed=seed, epochs=epochs, out=out / "model_a", data_root=data_root, progress=progress
+        dataset_a, model="mlp", seed=seed, out=out / "model_a", data_root=data_root, progress=progress, **recipe
     )
     b = api.train(
-        dataset_b,
-        model="mlp",
-        seed=seed + 1,
-        epochs=epochs,
-        out=out / "model_b",
-        data_root=data_root,
-        progress=progress,
+        dataset_b, model="mlp", seed=seed + 1, out=out / "model_b", data_root=data_root, progress=progress, **recipe
     )
     train_seconds = time.perf_counter() - t0
     merge_data = [f"{parse_spec(s).without_sampling()}@{merge_ipc}" for s in (dataset_a, dataset_b)]

@@ -10,7 +10,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import nn
 
 from .augment import default_augment
@@ -21,11 +21,16 @@ from .progress import progress_bar
 
 
 class TrainConfig(BaseModel):
-    """Optimiser settings. Defaults follow the paper's MLP recipe, with fewer epochs for CPUs."""
+    """Optimiser settings. Defaults follow the paper's MLP recipe, with fewer epochs for CPUs.
+
+    These are fixed defaults; :func:`permerge.budgets.train_budget` (what ``api.train`` and
+    ``permerge train`` use) chooses the unset ones from the data instead.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     epochs: int = Field(10, ge=1)
+    steps: int | None = Field(None, ge=1, description="total optimisation steps (instead of epochs)")
     batch_size: int = Field(500, ge=1)
     optimizer: Literal["sgd", "adam"] = "sgd"
     lr: float = Field(0.1, gt=0)
@@ -43,6 +48,12 @@ class TrainConfig(BaseModel):
     # dynamic loss scaler. Evaluation and merging always run in fp32.
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
 
+    @model_validator(mode="after")
+    def _length(self) -> TrainConfig:
+        if self.steps is not None and "epochs" in self.model_fields_set:
+            raise ValueError("give steps or epochs, not both")
+        return self
+
     @field_validator("augment", mode="before")
     @classmethod
     def _bool_augment(cls, v: object) -> object:
@@ -55,16 +66,31 @@ class Split:
     val: ImageSet | None
 
 
+def _held_out_per_class(labels: torch.Tensor, fraction: float) -> list[tuple[int, torch.Tensor, int]]:
+    """(class, its indices, how many of them are held out) for every class present."""
+    if fraction <= 0 or len(labels) < 20:
+        return []
+    out = []
+    for c in labels.unique().tolist():
+        idx = (labels == c).nonzero().flatten()
+        k = int(round(len(idx) * fraction))
+        out.append((c, idx, k if 0 < k < len(idx) else 0))
+    return out
+
+
+def train_size(labels: torch.Tensor, fraction: float) -> int:
+    """How many images :func:`train_val_split` leaves for training (without splitting)."""
+    return len(labels) - sum(k for _, _, k in _held_out_per_class(labels, fraction))
+
+
 def train_val_split(data: ImageSet, fraction: float, seed: int = 0) -> Split:
     """Hold out a stratified validation part; fixed by ``seed`` so it is reproducible."""
     if fraction <= 0 or len(data) < 20:
         return Split(data, None)
     g = torch.Generator().manual_seed(10_007 + seed)
     val_idx = []
-    for c in data.labels.unique().tolist():
-        idx = (data.labels == c).nonzero().flatten()
-        k = int(round(len(idx) * fraction))
-        if 0 < k < len(idx):
+    for _, idx, k in _held_out_per_class(data.labels, fraction):
+        if k:
             val_idx.append(idx[torch.randperm(len(idx), generator=g)[:k]])
     if not val_idx:
         return Split(data, None)
@@ -115,15 +141,18 @@ def train_model(
     g = torch.Generator().manual_seed(seed)
     opt = make_optimizer(model.parameters(), cfg)
     steps_per_epoch = max(1, math.ceil(len(data) / cfg.batch_size))
-    total = cfg.epochs * steps_per_epoch
+    total = cfg.steps if cfg.steps is not None else cfg.epochs * steps_per_epoch
+    epochs = math.ceil(total / steps_per_epoch)
     weights = data.weights
     dsa = default_augment(data.image_shape[0]) if cfg.augment == "dsa" else None
     step, last_loss = 0, float("nan")
     t0 = time.perf_counter()
     with progress_bar(total, description, enabled=progress) as bar:
-        for _ in range(cfg.epochs):
+        for _ in range(epochs):
             order = torch.randperm(len(data), generator=g)
             for start in range(0, len(data), cfg.batch_size):
+                if step == total:  # a step budget may end inside an epoch
+                    break
                 idx = order[start : start + cfg.batch_size]
                 x = data.to_input(data.images[idx], device, augment=dsa, generator=g)
                 if cfg.augment == "crop-flip":
@@ -156,7 +185,7 @@ def train_model(
                 bar.advance(loss=last_loss)
     model.eval()
     check_trained(model, last_loss)
-    return {"final_train_loss": last_loss, "train_seconds": time.perf_counter() - t0}
+    return {"final_train_loss": last_loss, "train_seconds": time.perf_counter() - t0, "steps": step}
 
 
 # Weights this large make float32 activations overflow on ordinary inputs: the model only

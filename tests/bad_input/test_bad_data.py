@@ -181,6 +181,24 @@ NPZ_CASES: dict[str, tuple[dict[str, np.ndarray], str]] = {
     "string-images": ({"images": np.full((10, 4, 4), "a"), "labels": np.arange(10)}, "images must be integers or"),
     "object-array": ({"images": np.array([None] * 10, dtype=object), "labels": np.arange(10)}, "not a readable npz"),
     "labels-out-of-range": ({"images": np.zeros((10, 4, 4), np.uint8), "labels": np.arange(10) + 5}, "labels must lie"),
+    "negative-labels": ({"images": np.zeros((10, 4, 4), np.uint8), "labels": np.arange(10) - 1}, "found -1-8"),
+    "single-class": (
+        {"images": np.zeros((10, 4, 4), np.uint8), "labels": np.full(10, 3)},
+        "every image has label 3: a classifier needs at least two classes",
+    ),
+    "floats-in-minus-one-one": (
+        {"images": np.linspace(-1, 1, 160).reshape(10, 4, 4), "labels": np.arange(10)},
+        "image values lie in [-1, 1]; expected [0, 1] or [0, 255]",
+    ),
+    "floats-above-255": (
+        {"images": np.full((10, 4, 4), 300.0), "labels": np.arange(10)},
+        "image values lie in [300, 300]; expected [0, 1] or [0, 255]",
+    ),
+    "wrong-keys": (
+        {"x_train": np.zeros((10, 4, 4)), "y_train": np.arange(10)},
+        "npz needs arrays 'images' and 'labels'",
+    ),
+    "zero-images-4d": ({"images": np.zeros((0, 3, 8, 8), np.float32), "labels": np.zeros(0, np.int64)}, "no images"),
 }
 
 
@@ -190,6 +208,39 @@ def test_bad_npz(tmp_path: Path, case: str) -> None:
     spec = _npz(tmp_path, **arrays)
     msg = api_error(DataError, load_dataset, spec, "train")
     assert needle in msg and "d.npz" in msg
+
+
+@pytest.mark.parametrize(
+    "case", ["wrong-keys", "floats-in-minus-one-one", "floats-above-255", "labels-out-of-range", "single-class",
+             "zero-images-4d"],
+)  # fmt: skip
+def test_bad_npz_via_cli(tmp_path: Path, case: str, cli_error: Callable[..., str]) -> None:
+    """Each bad-data case of a user's npz: one line naming the file and the problem, exit status 2."""
+    arrays, needle = NPZ_CASES[case]
+    spec = _npz(tmp_path, "mine.npz", **arrays)
+    line = cli_error("train", "-d", spec, "-o", tmp_path / "out", "-q")
+    assert needle in line and str(tmp_path / "mine.npz") in line
+
+
+def test_bad_npz_split_file_names_the_part(tmp_path: Path) -> None:
+    np.savez(tmp_path / "digits_train.npz", images=np.zeros((10, 4, 4), np.uint8), labels=np.arange(10))
+    np.savez(tmp_path / "digits_test.npz", images=np.zeros((10, 4, 4), np.uint8), labels=np.full(10, 12))
+    msg = api_error(DataError, load_dataset, f"npz:{tmp_path / 'digits'}", "test")
+    assert "digits_test.npz: labels must lie in 0-9" in msg and "found 12-12" in msg
+
+
+def test_bad_npz_exit_status_in_a_real_process(tmp_path: Path) -> None:
+    from ._helpers import assert_subprocess_user_error, run_subprocess
+
+    spec = _npz(tmp_path, "one.npz", images=np.zeros((10, 4, 4), np.uint8), labels=np.full(10, 7))
+    p = run_subprocess("train", "-d", spec, "-o", tmp_path / "out", "-q")
+    assert_subprocess_user_error(p, "one.npz: every image has label 7")
+
+
+def test_npz_nothing_found_via_cli(tmp_path: Path, cli_error: Callable[..., str]) -> None:
+    line = cli_error("train", "-d", f"npz:{tmp_path / 'digits'}", "-o", tmp_path / "out", "-q")
+    for name in ("digits_train.npz", "digits_test.npz", "digits.npz"):
+        assert str(tmp_path / name) in line
 
 
 def test_npz_not_a_zip(tmp_path: Path) -> None:
@@ -253,4 +304,4 @@ def test_huge_class_id(shared_data: Path) -> None:
 def test_unknown_dataset_keeps_brackets(tmp_path: Path, cli_error: Callable[..., str]) -> None:
     """The message quotes the spec grammar ``[classes]``; rich markup used to swallow it."""
     line = cli_error("train", "-d", "imagenet[0-4]", "-o", tmp_path / "out")
-    assert "unknown dataset 'imagenet[0-4]'" in line and "(with optional [classes] and @K)" in line
+    assert "unknown dataset 'imagenet[0-4]'" in line and "[classes] and @K)" in line

@@ -21,7 +21,7 @@ from permerge.reproduce.tasks import Task
 
 
 def test_builtin_configs_validate_and_expand() -> None:
-    assert {"mnist-fmnist", "rotated-mnist", "split-cifar10", "split-mnist"} <= set(builtin_experiments())
+    assert {"mnist-fmnist", "mnist-usps", "rotated-mnist", "split-cifar10", "split-mnist"} <= set(builtin_experiments())
     for name in builtin_experiments():
         for quick in (False, True):
             plan = make_plan(load_experiment(name, quick=quick))
@@ -220,6 +220,28 @@ def test_rerun_reuses_every_finished_run(quick_split_mnist: Path, shared_data: P
     r = reproduce("split-mnist", out=quick_split_mnist, quick=True, workers=1, data_root=data, progress=False)
     assert r["cached"] == r["finished"] > 0
     assert _table(quick_split_mnist / "results.csv") == before
+
+
+def test_grid_training_is_exactly_its_config(quick_split_mnist: Path) -> None:
+    """A grid's training never takes the data-dependent default budget: what the YAML leaves
+    unset is TrainConfig's fixed default, so a policy change cannot change a grid's runs."""
+    metas = [json.loads(p.read_text()) for p in (quick_split_mnist / "runs" / "train").glob("*/model.json")]
+    assert metas and all(m["budget"]["chosen"] == [] for m in metas)
+    assert {m["train"]["lr"] for m in metas if "@100" in m["dataset"]} == {0.1}  # not the small-data 0.05
+
+
+def test_quick_mnist_usps_on_a_usps_fixture(tmp_path: Path, shared_data: Path) -> None:
+    """The MNIST vs USPS grid at CI size: USPS from a fixture in the published libsvm format,
+    resized to 28x28 by the spec (usps:28x28) for training, merge data and tests."""
+    from _usps import write_usps_root
+
+    root = write_usps_root(tmp_path / "data", train_per_class=30, test_per_class=10)
+    (root / "MNIST").symlink_to(shared_data / "MNIST")
+    r = reproduce("mnist-usps", out=tmp_path / "out", quick=True, workers=1, data_root=root, progress=False)
+    assert r["failed"] == 0, r["failures"]
+    by = {(s["method"], s["data"]): s for s in r["summary"]}
+    assert {("wm", "none"), ("am", "full"), ("ste", "full"), ("ste", "random@2"), ("joint", "full")} <= set(by)
+    assert by[("source B", "-")]["acc_b_mean"] > 90  # the fixture's 'digits' are learnable
 
 
 def test_quick_mnist_fmnist_smoke(tmp_path: Path, shared_data: Path) -> None:

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch.func import functional_call
 
+from ..budgets import ste_budget
 from ..errors import AlignmentError
 from ..permutation.spec import Permutation, permute_param
 from ..progress import progress_bar
@@ -27,14 +28,16 @@ from .weight_matching import WeightMatcher
 
 class STEOptions(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
-    steps: int | None = Field(None, ge=1, description="optimisation steps (default: from epochs)")
-    epochs: float | None = Field(None, gt=0, description="passes over the largest merge source")
-    lr: float = Field(0.1, gt=0)
+    # steps / lr / batch_size left unset are chosen from the merge data (permerge.budgets):
+    # under 5,000 images 500 / 0.5 / 200, otherwise 2,000 / 0.1 / 500.
+    steps: int | None = Field(None, ge=1, description="optimisation steps (default: from the merge data size)")
+    epochs: float | None = Field(None, gt=0, description="passes over the largest merge source (instead of steps)")
+    lr: float | None = Field(None, gt=0, description="default: from the merge data size")
     optimizer: Literal["sgd", "adam"] = "sgd"
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(1e-4, ge=0)
     schedule: Literal["constant", "step", "cosine"] = "step"  # step: x0.1 at 50% and 75%
-    batch_size: int = Field(200, ge=2)
+    batch_size: int | None = Field(None, ge=2, description="default: from the merge data size")
     lam: float = Field(0.5, gt=0, lt=1, description="interpolation weight of B during training")
     wm_sweeps: int = Field(1, ge=1, description="weight-matching sweeps per projection (warm-started)")
     eval_every: int = Field(10, ge=1, description="score the current permutation every N steps")
@@ -53,11 +56,12 @@ class STEOptions(BaseModel):
 
 
 def _lr(opts: STEOptions, step: int, total: int) -> float:
+    lr = float(opts.lr or 0.0)  # set by ste_budget before the loop
     if opts.schedule == "step":
-        return opts.lr * (0.1 ** ((step >= total * 0.5) + (step >= total * 0.75)))
+        return lr * (0.1 ** ((step >= total * 0.5) + (step >= total * 0.75)))
     if opts.schedule == "cosine":
-        return opts.lr * 0.5 * (1 + torch.cos(torch.tensor(torch.pi * step / total)).item())
-    return opts.lr
+        return lr * 0.5 * (1 + torch.cos(torch.tensor(torch.pi * step / total)).item())
+    return lr
 
 
 class _StraightThrough(torch.autograd.Function):
@@ -115,10 +119,11 @@ def ste_method(problem: AlignProblem, opts: STEOptions) -> Alignment:
         data = MergeData(tuple(train_parts))
         score_set = MergeData(tuple(score_parts)).sample(opts.eval_samples, seed=opts.seed)
 
-    if opts.steps is not None:
-        total = opts.steps
-    else:
-        total = max(1, round((opts.epochs or 1.0) * data.epoch_steps(opts.batch_size)))
+    opts, budget = ste_budget(opts, data)  # unset steps / lr / batch size from the data size
+    budget.announce()
+    total = budget.steps
+    assert opts.lr is not None and opts.batch_size is not None
+    batch_size = opts.batch_size
 
     proxy = {n: state_a[n].detach().clone().requires_grad_(True) for n in param_names}
     params = list(proxy.values())
@@ -179,7 +184,7 @@ def ste_method(problem: AlignProblem, opts: STEOptions) -> Alignment:
     best_perm, best_loss, best_step = perm, score(perm), 0
     initial_loss = best_loss
     history: list[dict[str, float]] = [{"step": 0, "score_loss": best_loss}]
-    batches = data.balanced_batches(opts.batch_size, g, device=dev, augment=opts.augment == "dsa")
+    batches = data.balanced_batches(batch_size, g, device=dev, augment=opts.augment == "dsa")
     proj_time = 0.0
     last_scored: dict[str, torch.Tensor] | None = None
     model.train()
@@ -226,5 +231,7 @@ def ste_method(problem: AlignProblem, opts: STEOptions) -> Alignment:
             "assignment_backend": matcher.assignment_backend,
             "assignment": matcher.solver_stats(),
             "history": history,
+            "budget": budget.to_dict(),
+            "options": opts.model_dump(),
         },
     )

@@ -80,9 +80,19 @@ SOURCES: dict[str, Source] = {
         mirrors=("https://www.cs.toronto.edu/~kriz/",),
         md5={"cifar-10-binary.tar.gz": "c32a1d4ab5d03f1284b67883e8d87530"},
     ),
+    # USPS as published on the libsvm datasets page (what torchvision's USPS downloads too);
+    # torchvision keeps the files in its root, the usual layouts put them in usps/ or USPS/.
+    "usps": Source(
+        name="usps",
+        subdirs=("usps", "USPS"),
+        system_dirs=("/usr/share/datasets/usps",),
+        mirrors=("https://www.csie.ntu.edu.tw/~cjlin/libsvmtools/datasets/multiclass/",),
+        md5={"usps.bz2": "ec16c51db3855ca6c91edd34d0e9b197", "usps.t.bz2": "8ea070ee2aca1ac39742fdd1ef5ed118"},
+    ),
 }
 
 CIFAR_FILES = {"train": [f"data_batch_{i}.bin" for i in range(1, 6)], "test": ["test_batch.bin"]}
+USPS_FILES = {"train": "usps", "test": "usps.t"}
 
 
 def cache_dir() -> Path:
@@ -112,6 +122,10 @@ def _find(directory: Path, stem: str) -> Path | None:
 
 
 def _files_in(directory: Path, dataset: str, split: str) -> list[Path] | None:
+    if dataset == "usps":  # usps.bz2 as published, or decompressed
+        stem = USPS_FILES[split]
+        hit = next((directory / n for n in (stem + ".bz2", stem) if (directory / n).is_file()), None)
+        return [hit] if hit else None
     stems = CIFAR_FILES[split] if dataset == "cifar10" else list(FILES_IDX[split])
     found = [_find(directory, s) for s in stems]
     return None if any(f is None for f in found) else [f for f in found if f is not None]

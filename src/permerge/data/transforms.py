@@ -51,3 +51,39 @@ def random_crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4, 
     batch = torch.arange(n).view(n, 1, 1, 1)
     chan = torch.arange(x.shape[1]).view(1, -1, 1, 1)
     return padded[batch, chan, rows.expand(n, 1, h, w), cols.expand(n, 1, h, w)]
+
+
+# ITU-R 601-2 luma, what PIL's convert("L") uses
+LUMA = (0.299, 0.587, 0.114)
+
+
+def convert_images(
+    images: torch.Tensor, size: tuple[int, int] | None = None, channels: int | None = None, chunk: int = 8192
+) -> torch.Tensor:
+    """Resize ``N x C x H x W`` images to ``size`` = (H, W) and/or convert them to ``channels``.
+
+    Grey to RGB repeats the channel; RGB to grey is the ITU-R 601-2 luma (PIL's ``"L"``).
+    Resizing is bilinear (``align_corners=False``), antialiased when shrinking, like PIL's
+    bilinear resize. Both act on float pixels, rounded once at the end for uint8 images
+    (float images stay float, clamped to [0, 1]). A no-op returns the images unchanged.
+    """
+    c, h, w = images.shape[1:]
+    to_c = c if channels is None else channels
+    to_hw = (h, w) if size is None else size
+    if (to_c, *to_hw) == (c, h, w):
+        return images
+    if to_c != c and (c, to_c) not in ((1, 3), (3, 1)):
+        raise ValueError(f"cannot convert {c}-channel images to {to_c} channels (grey <-> RGB only)")
+    out = torch.empty((images.shape[0], to_c, *to_hw), dtype=images.dtype)
+    luma = torch.tensor(LUMA, dtype=torch.float64).view(1, 3, 1, 1)
+    for start in range(0, images.shape[0], chunk):
+        x = images[start : start + chunk].double()
+        if to_c == 1 and c == 3:
+            x = (x * luma).sum(1, keepdim=True)
+        elif to_c == 3 and c == 1:
+            x = x.repeat(1, 3, 1, 1)
+        if to_hw != (h, w):
+            x = F.interpolate(x, size=to_hw, mode="bilinear", align_corners=False, antialias=True)
+        x = x.round_().clamp_(0, 255) if images.dtype == torch.uint8 else x.clamp_(0, 1)
+        out[start : start + chunk] = x.to(images.dtype)
+    return out

@@ -84,7 +84,8 @@ def align(
         progress=progress,
     )
     result = m.fn(problem, opts)
-    return result.perm, spec, {**result.info, "options": opts.model_dump()}
+    # a method that completes its options from the data (STE's budget) reports them itself
+    return result.perm, spec, {"options": opts.model_dump(), **result.info}
 
 
 def aligned_copy(b: Checkpoint, spec: PermutationSpec, perm: Permutation) -> nn.Module:

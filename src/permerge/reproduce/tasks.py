@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import time
 import traceback
@@ -98,6 +99,10 @@ def execute(task: Task, ctx: RunContext) -> dict[str, Any]:
     remove_stale_temps(directory)
     torch.set_num_threads(max(1, ctx.threads))
     t0 = time.perf_counter()
+    # A grid's runs record their budgets in their results; its log lines (one per run, and
+    # warnings about the deliberately tiny --quick budgets) would only clutter the output.
+    budget_log = logging.getLogger("permerge.budget")
+    was_disabled, budget_log.disabled = budget_log.disabled, True
     try:
         out = _RUNNERS[task.kind](task, ctx, directory)
     except Exception as e:  # noqa: BLE001 - reported per task; the grid goes on
@@ -112,6 +117,8 @@ def execute(task: Task, ctx: RunContext) -> dict[str, Any]:
             "error": msg,
             "traceback": None if isinstance(e, PermergeError) else traceback.format_exc(),
         }
+    finally:
+        budget_log.disabled = was_disabled
     result = {
         "status": "ok",
         "key": task.key,
@@ -133,8 +140,13 @@ def execute(task: Task, ctx: RunContext) -> dict[str, Any]:
 def _train(task: Task, ctx: RunContext, directory: Path) -> dict[str, Any]:
     from permerge import api
 
+    from ..train import TrainConfig
+
     p = task.params
     specs = [_resolve_spec(s, ctx) for s in p["datasets"]]
+    # A grid's training is exactly its config: fields it leaves unset take TrainConfig's fixed
+    # defaults, never the data-dependent budget of permerge.budgets (so runs stay comparable).
+    fixed = TrainConfig(**p["train"]).model_dump(exclude={"steps"} if "steps" not in p["train"] else {"epochs"})
     ckpt = api.train(
         specs[0] if len(specs) == 1 else specs,
         model=p["model"],
@@ -143,7 +155,7 @@ def _train(task: Task, ctx: RunContext, directory: Path) -> dict[str, Any]:
         data_root=ctx.data_root,
         device=ctx.device,
         progress=False,
-        **p["train"],
+        **fixed,
     )
     scores = ckpt.meta["scores"]
     out: dict[str, Any] = {"scores": scores, "train_seconds": ckpt.meta["wall_seconds"]}
@@ -285,9 +297,13 @@ def _criteria(
     out: dict[str, Any] = {"wm_distance": wm_dist}
     spec = result.spec or spec_for(a)
     if spec.probes:
-        from ..data import parse_spec
+        from ..data import load_dataset, parse_spec
 
-        specs = [f"{parse_spec(s).without_sampling()}@100" for s in p["pair"]]
+        full = [str(parse_spec(s).without_sampling()) for s in p["pair"]]
+        # 100 images per class, or what the smallest class has (a small dataset, a CI fixture)
+        counts = [load_dataset(s, "train", data_root=ctx.data_root).class_counts() for s in full]
+        k = min(100, *(int(c[c > 0].min()) for c in counts))
+        specs = [f"{s}@{k}" for s in full]
         probe = api.load_merge_data(specs, data_root=ctx.data_root, seed=12345)
         problem = AlignProblem(
             model=copy.deepcopy(a.model), state_a=sa, state_b=sb, spec=spec, data=probe, progress=False
