@@ -295,7 +295,7 @@ CASES: list[tuple[str, Setup, list[str], str]] = [
         "npz-pixels-out-of-range",
         npz_arrays("neg.npz", images=np.full((30, 28, 28), -3.0), labels=np.arange(30) % 10),
         ["eval", "{a}", "--datasets", "npz:{tmp}/neg.npz"],
-        "pixel values span [-3, -3]",
+        "image values lie in [-3, -3]",
     ),  # fmt: skip
     (
         "ste-diverges-hint",

@@ -115,8 +115,8 @@ def _to_uint8_nchw(x: np.ndarray, where: str) -> np.ndarray:
         lo, hi = (float(xf.min()), float(xf.max())) if xf.size else (0.0, 0.0)
         if lo < 0 or hi > 255:
             raise DataError(
-                f"{where}: pixel values span [{lo:g}, {hi:g}]; expected uint8 (0-255), uint16 (0-65535) "
-                "or numbers in [0, 1] or [0, 255]"
+                f"{where}: image values lie in [{lo:g}, {hi:g}]; expected [0, 1] or [0, 255] as numbers, "
+                "or uint8/uint16 pixels (rescale, e.g. (x + 1) / 2 for [-1, 1] data)"
             )
         scale = 255.0 if hi <= 1.0 else 1.0
         x = np.clip(np.rint(xf * scale), 0, 255).astype(np.uint8)
