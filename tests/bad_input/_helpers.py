@@ -27,7 +27,10 @@ def save_tiny(
 
 
 def one_line(text: str) -> str:
+    """The one error line; ``warning:``/``note:`` lines before it (e.g. a budget warning printed
+    before the work failed) are allowed, anything else (a traceback) is not."""
     lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    lines = [ln for ln in lines if not ln.startswith(("warning: ", "note: "))] or lines
     assert len(lines) == 1, f"expected one line, got {len(lines)}:\n{text}"
     return lines[0]
 

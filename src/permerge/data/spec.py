@@ -244,9 +244,7 @@ def _load_npz(arg: str, split: str) -> ImageSet:
         return ImageSet(x, y, name=f"{parts[split]}")
     if whole is not None:
         x, y = readers.read_npz(whole)
-        tr, te = _split_balanced(y, 0.2)
-        idx = tr if split == "train" else te
-        return ImageSet(x[idx], y[idx], name=str(whole))
+        return _auto_split(x, y, split, whole, whole.stem)
     looked = [parts[split], *combined] if any(p.is_file() for p in parts.values()) else [*parts.values(), *combined]
     raise DataError(
         f"npz:{arg}: no such file or folder for the {split} split; looked for "
@@ -265,6 +263,11 @@ def _load_user(path: Path, split: str, reader) -> ImageSet:
         x, y = reader(parts[split])
         return ImageSet(x, y, name=f"{path}:{split}")
     x, y = reader(path)
+    return _auto_split(x, y, split, path, stem)
+
+
+def _auto_split(x: torch.Tensor, y: torch.Tensor, split: str, path: Path, stem: str) -> ImageSet:
+    """The ``split`` part of a stratified 80/20 split; an empty part is an error that says why."""
     tr, te = _split_balanced(y, 0.2)
     idx = tr if split == "train" else te
     if len(idx) == 0 and len(y):
