@@ -31,11 +31,10 @@ from .data.mergedata import MergeData
 from .errors import PermergeError
 from .merge import merge_many as _merge_many
 from .merge import merge_models
-from .merge.core import align, aligned_copy
+from .merge.core import MergeResult, align, aligned_copy
 from .merge.interpolate import barrier, curve, plot, write_csv
 from .merge.sameinit import same_init_notes
-from .merge.size import model_size
-from .models import build_model, check_size, model_config_for
+from .models import ModelConfig, build_model, check_size, model_config_for
 from .permutation.spec import Permutation, PermutationSpec
 from .train import TrainConfig, check_trained, evaluate, evaluate_many, train_model, train_size, train_val_split
 
@@ -275,8 +274,6 @@ def merge(
         progress=progress,
     )
     scores = evaluate_many(result.model, tests, device=dev)
-    result.info["size"] = model_size(result.model, ca.config.in_shape)
-    result.info["size"]["relative"] = result.info["size"]["params"] / model_size(ca.model, ca.config.in_shape)["params"]
     report = _jsonable(
         {
             "method": method,
@@ -292,15 +289,22 @@ def merge(
         }
     )
     if folder is not None:
-        with folder.staged() as tmp:
-            if method != "ensemble":
-                meta = {"datasets": eval_specs, "permerge_kind": "merged", **report}
-                write_checkpoint(tmp, result.model, result.config or ca.config, meta)
-            if result.perm is not None and result.spec is not None:
-                save_permutation(tmp, result.spec, result.perm)
-            (tmp / "merge.json").write_text(dumps(report, indent=2) + "\n")
-        report["out"] = str(folder.path)
+        _write_merge(folder, result, result.config or ca.config, eval_specs, report)
     return report
+
+
+def _write_merge(
+    folder: OutputFolder, result: MergeResult, config: ModelConfig, eval_specs: list[str], report: dict[str, Any]
+) -> None:
+    """The merge's files as one unit: model (not for the ensemble), permutation, merge.json."""
+    with folder.staged() as tmp:
+        if result.method != "ensemble":
+            meta = {"datasets": eval_specs, "permerge_kind": "merged", **report}
+            write_checkpoint(tmp, result.model, config, meta)
+        if result.perm is not None and result.spec is not None:
+            save_permutation(tmp, result.spec, result.perm)
+        (tmp / "merge.json").write_text(dumps(report, indent=2) + "\n")
+    report["out"] = str(folder.path)
 
 
 def interpolate(

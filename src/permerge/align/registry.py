@@ -47,12 +47,17 @@ class AlignMethod:
     summary: str
 
     def parse_options(self, values: dict[str, Any] | None) -> BaseModel:
-        try:
-            return self.options.model_validate(values or {})
-        except ValidationError as e:
-            err = e.errors()[0]
-            where = ".".join(str(p) for p in err["loc"])
-            raise PermergeError(f"invalid option {where!r} for method {self.name}: {err['msg']}") from None
+        return parse_options(self.options, values, self.name)
+
+
+def parse_options(options: type[BaseModel], values: dict[str, Any] | None, method: str) -> BaseModel:
+    """Validate ``--opt`` values for ``method``; the first problem as one line, not pydantic's report."""
+    try:
+        return options.model_validate(values or {})
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise PermergeError(f"invalid option {where!r} for method {method}: {err['msg']}") from None
 
 
 _METHODS: dict[str, AlignMethod] = {}

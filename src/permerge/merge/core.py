@@ -29,6 +29,7 @@ from .distill import DistillOptions, distill
 from .ensemble import OutputEnsemble
 from .lerp import lerp_models
 from .methods import mergers
+from .size import size_vs_source
 
 # Methods that align nothing: plain averaging, the output ensemble (both models, 2x compute)
 # and "source", model A unchanged: the start of the "distil both teachers into one source
@@ -178,6 +179,7 @@ def merge_models(
         if bn_reset and has_batchnorm(result.model):
             result.model = reset_bn(result.model, data.combined(), device=device)
     result.info["seconds"] = time.perf_counter() - t0
+    result.info["size"] = size_vs_source(result.model, a.model, a.config.in_shape)
     return result
 
 

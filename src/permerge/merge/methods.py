@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from torch import nn
 
+from ..align.registry import parse_options
 from ..checkpoint import Checkpoint
 from ..data.mergedata import MergeData
 from ..errors import PermergeError
@@ -44,12 +45,17 @@ class Merger:
     summary: str
 
     def parse_options(self, values: dict[str, Any] | None) -> BaseModel:
-        try:
-            return self.options.model_validate(values or {})
-        except ValidationError as e:
-            err = e.errors()[0]
-            where = ".".join(str(p) for p in err["loc"])
-            raise PermergeError(f"invalid option {where!r} for method {self.name}: {err['msg']}") from None
+        return parse_options(self.options, values, self.name)
+
+
+def merger_spec(a: Checkpoint, method: str) -> PermutationSpec:
+    """A's fx-derived spec, refused without activation probes (mergers match units by activations)."""
+    from .core import spec_for  # core imports this module; the import is one-way at call time
+
+    spec = spec_for(a)
+    if not spec.probes:
+        raise PermergeError(f"{method} matches units by activations: the model's spec has no probes")
+    return spec
 
 
 _MERGERS: dict[str, Merger] = {}

@@ -33,7 +33,7 @@ from ..data.mergedata import MergeData
 from ..errors import PermergeError
 from ..models import ModelConfig, build_model
 from ..permutation.spec import PermutationSpec, apply_permutation
-from .methods import MergerResult, register_merger
+from .methods import MergerResult, merger_spec, register_merger
 from .partial import Zip, merge_state, pair_zip
 
 
@@ -136,13 +136,11 @@ def ls_refit(
 def pleas(
     a: Checkpoint, b: Checkpoint, data: MergeData | None, opts: PLeaSOptions, device: torch.device, progress: bool
 ) -> MergerResult:
-    from .core import align, spec_for  # core dispatches here; the import is one-way at call time
+    from .core import align  # core dispatches here; the import is one-way at call time
 
     assert data is not None
     t0 = time.perf_counter()
-    spec = spec_for(a)
-    if not spec.probes:
-        raise PermergeError("pleas scores matched units by activations: the model's spec has no probes")
+    spec = merger_spec(a, "pleas")
     perm, _, ainfo = align(
         a, b, opts.match, data, options={"seed": opts.seed}, spec=spec, device=device, progress=progress
     )

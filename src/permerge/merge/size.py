@@ -45,3 +45,9 @@ def model_size(model: nn.Module, in_shape: tuple[int, ...]) -> dict[str, Any]:
         model.train(was_training)
     params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
     return {"params": params, "macs": macs}
+
+
+def size_vs_source(model: nn.Module, source: nn.Module, in_shape: tuple[int, ...]) -> dict[str, Any]:
+    """``model_size`` plus ``relative``: parameters over those of one source model."""
+    size = model_size(model, in_shape)
+    return {**size, "relative": size["params"] / model_size(source, in_shape)["params"]}

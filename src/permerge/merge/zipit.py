@@ -33,7 +33,7 @@ from ..data.mergedata import MergeData
 from ..errors import PermergeError
 from ..models import build_model
 from ..permutation.spec import Permutation, PermutationSpec
-from .methods import MergerResult, register_merger
+from .methods import MergerResult, merger_spec, register_merger
 from .partial import Zip, merge_state
 from .pleas import widened_config
 
@@ -137,14 +137,10 @@ def _as_permutation(zips: dict[str, Zip]) -> Permutation | None:
 def zipit(
     a: Checkpoint, b: Checkpoint, data: MergeData | None, opts: ZipItOptions, device: torch.device, progress: bool
 ) -> MergerResult:
-    from .core import spec_for  # core dispatches here; the import is one-way at call time
-
     assert data is not None
     t0 = time.perf_counter()
-    spec = spec_for(a)
+    spec = merger_spec(a, "zipit")
     groups = list(spec.groups)
-    if not spec.probes:
-        raise PermergeError("zipit matches units by activations: the model's spec has no probes")
     if opts.stop_layer is not None and opts.stop_layer > len(groups):
         raise PermergeError(f"zipit stop_layer={opts.stop_layer}, but the model has {len(groups)} groups")
     zipped = groups if opts.stop_layer is None else groups[: opts.stop_layer]

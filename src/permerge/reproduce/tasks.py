@@ -217,7 +217,6 @@ def _merge(task: Task, ctx: RunContext, directory: Path) -> dict[str, Any]:
 
     from ..merge.core import aligned_copy, merge_models
     from ..merge.interpolate import barrier, curve
-    from ..merge.size import model_size
     from ..train import evaluate_many
 
     p = task.params
@@ -251,7 +250,7 @@ def _merge(task: Task, ctx: RunContext, directory: Path) -> dict[str, Any]:
         "merge_seconds": result.info["seconds"],
         "merge_data_size": len(md) if md else 0,
         "align": align_info,
-        "size": model_size(result.model, a.config.in_shape),
+        "size": {k: v for k, v in result.info["size"].items() if k != "relative"},
     }
     if "finetune" in result.info:
         out["finetune"] = result.info["finetune"]
