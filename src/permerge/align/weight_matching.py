@@ -84,7 +84,10 @@ class WeightMatcher:
         self.skipped = 0  # group solves skipped because no neighbour had moved (all calls)
         self.products = {"fresh": 0, "updated": 0}  # how products were obtained (all calls)
         self._orig_rows: dict[tuple[str, int], torch.Tensor] = {}
-        self._src: dict[tuple[str, int, tuple[bytes, ...]], torch.Tensor] = {}  # _columns, cleared per call
+        # _columns per axis, for the neighbours' permutations it was computed for. Kept across
+        # match() calls: STE projects every step, mostly with unchanged neighbours, and
+        # rebuilding these index maps was a fifth of its step time.
+        self._src: dict[tuple[str, int], tuple[tuple[bytes, ...], torch.Tensor]] = {}
         self._rows_b: dict[tuple[str, int], tuple[tuple[bytes, ...], torch.Tensor]] = {}
         # Products W_a W_b^T per (group, axis), valid while A is unchanged; cleared at every
         # match() because A may differ between calls.
@@ -137,9 +140,10 @@ class WeightMatcher:
             hit = self._products.get((p, i))
             if hit is None or hit.others != others:
                 wa = _unit_rows(a[ref.param].detach().to(device=self.device, dtype=self.dtype), ref.axis, n)
-                src = self._src.get((p, i, others))
-                if src is None:
-                    src = self._src[(p, i, others)] = self._columns(p, i, perm)
+                cols = self._src.get((p, i))
+                if cols is None or cols[0] != others:
+                    cols = self._src[(p, i)] = (others, self._columns(p, i, perm))
+                src = cols[1]
                 hit = self._product(p, i, wa, src, others, hit)
                 self._products[(p, i)] = hit
             prods.append(hit.prod)
@@ -189,7 +193,6 @@ class WeightMatcher:
         generator: torch.Generator | None = None,
     ) -> tuple[Permutation, dict[str, float]]:
         self._products.clear()
-        self._src.clear()
         perm = {k: v.clone() for k, v in (init or self.spec.identity()).items()}
         g = generator or torch.Generator().manual_seed(0)
         moves = dict.fromkeys(self.names, 0)  # times each group's permutation changed in this call
