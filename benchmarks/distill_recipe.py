@@ -7,6 +7,10 @@ only. Used to set ``DistillOptions`` defaults (docs/RESULTS.md §8).
 
     python benchmarks/distill_recipe.py runs/mnist0 runs/fmnist1 --data mnist@10 fashion-mnist@10 \
         --grid steps=600,1500 lr=3e-4,1e-3 temperature=2,4
+
+More pairs (``--pair A B``, repeatable) give a mean over pairs per setting. A full training set
+as merge data (a spec without ``@``) is used without its validation part, so the score stays
+on images the finisher never saw.
 """
 
 from __future__ import annotations
@@ -15,14 +19,15 @@ import argparse
 import copy
 import itertools
 import json
+import statistics
 import time
 
 import torch
 
 from permerge.checkpoint import load_checkpoint
-from permerge.data import load_dataset
+from permerge.data import ImageSet, load_dataset
 from permerge.data.mergedata import MergeData
-from permerge.merge import merge_models
+from permerge.merge import merge_models, reset_bn
 from permerge.merge.distill import DistillOptions, distill
 from permerge.train import evaluate_many, train_val_split
 
@@ -42,14 +47,33 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("a")
     p.add_argument("b")
+    p.add_argument("--pair", nargs=2, action="append", default=[], metavar=("A", "B"), help="more pairs")
     p.add_argument("--data", nargs="+", required=True)
     p.add_argument("--method", default="wm")
     p.add_argument("--grid", nargs="*", default=[])
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    a, b = load_checkpoint(args.a), load_checkpoint(args.b)
-    md = MergeData(tuple(load_dataset(s, "train", seed=args.seed) for s in args.data))
+    settings = parse_grid(args.grid) or [{}]
+    scores: dict[int, list[float]] = {i: [] for i in range(len(settings))}
+    for pa, pb in [(args.a, args.b), *args.pair]:
+        for i, v in enumerate(run_pair(pa, pb, args, settings)):
+            scores[i].append(v)
+    if len(scores[0]) > 1:
+        for i, setting in enumerate(settings):
+            vs = scores[i]
+            print(f"MEAN {setting}: val {statistics.mean(vs):.2f} +- {statistics.stdev(vs):.2f} over {len(vs)} pairs")
+
+
+def merge_source(spec: str, seed: int) -> ImageSet:
+    if "@" in spec or ":" in spec:
+        return load_dataset(spec, "train", seed=seed)
+    return train_val_split(load_dataset(spec, "train"), 1 / 12, seed=0).train
+
+
+def run_pair(pa: str, pb: str, args: argparse.Namespace, settings: list[dict[str, object]]) -> list[float]:
+    a, b = load_checkpoint(pa), load_checkpoint(pb)
+    md = MergeData(tuple(merge_source(s, args.seed) for s in args.data))
     vals, tests = [], []
     for ck in (a, b):
         full = load_dataset(ck.dataset, "train")
@@ -58,22 +82,26 @@ def main() -> None:
         vals.append(val)
         tests.append(load_dataset(ck.dataset, "test"))
     start = merge_models(a, b, method=args.method, data=md, progress=False).model
-    print(f"start {args.method}: val {evaluate_many(start, vals)['mean_acc']:.2f}")
+    print(f"pair {pa} {pb}; start {args.method}: val {evaluate_many(start, vals)['mean_acc']:.2f}")
     for name, ck in (("A", a), ("B", b)):
         ev = evaluate_many(ck.model, vals)["per_dataset"]
         print(f"teacher {name}: val " + " / ".join(f"{x['acc']:.2f}" for x in ev.values()))
-    for setting in parse_grid(args.grid) or [{}]:
+    out = []
+    for setting in settings:
         opts = DistillOptions(**{**setting, "seed": args.seed})
         student = copy.deepcopy(start)
         t0 = time.perf_counter()
         info = distill(student, [a.model, b.model], md, opts, progress=False)
+        student = reset_bn(student, md.combined())
         v = evaluate_many(student, vals)["mean_acc"]
         te = evaluate_many(student, tests)["mean_acc"]
+        out.append(v)
         print(
             f"{setting} steps={info['steps']} aug={info['augment']}: val {v:.2f}  (test {te:.2f})  "
             f"{time.perf_counter() - t0:.1f} s",
             flush=True,
         )
+    return out
 
 
 if __name__ == "__main__":
