@@ -184,3 +184,20 @@ def test_zipit_stop_layer_zero_keeps_both_models_side_by_side() -> None:
     assert partial.config is not None and partial.config.hidden == (16, 24)
     with pytest.raises(PermergeError, match="stop_layer=5"):
         merge_models(a, b, method="zipit", data=_data(), options={"stop_layer": 5}, progress=False)
+
+
+def test_disagreement_inputs_raise_the_student_teacher_divergence() -> None:
+    from permerge.merge.distill import _disagreement
+
+    student, teacher = _ckpt("mlp:16x12", 0).model, _ckpt("mlp:16x12", 1).model
+    x, y = torch.rand(32, 1, 8, 8), torch.zeros(32, dtype=torch.long)
+
+    def kl(inp: torch.Tensor) -> float:
+        with torch.no_grad():
+            t = torch.softmax(teacher(inp) / 2, 1)
+            return float(torch.nn.functional.kl_div(torch.log_softmax(student(inp) / 2, 1), t, reduction="sum"))
+
+    [(moved, labels)] = _disagreement(student, [teacher], [(x, y)], "own", 2.0, 0.05)
+    assert moved.shape == x.shape and torch.equal(labels, y)
+    assert kl(moved) > kl(x)
+    assert all(p.grad is None for p in [*student.parameters(), *teacher.parameters()])
