@@ -95,7 +95,8 @@ def test_pleas_options_are_checked_before_any_work() -> None:
         merge_models(a, b, method="pleas", progress=False)
 
 
-def test_distillation_moves_the_student_toward_each_sources_teacher() -> None:
+@pytest.mark.parametrize(("adversarial", "ratio"), [(0.0, 0.5), (0.1, 0.9)])
+def test_distillation_moves_the_student_toward_each_sources_teacher(adversarial: float, ratio: float) -> None:
     a, b = _ckpt("mlp:16x12", 0), _ckpt("mlp:16x12", 1)
     data = _data()
     student = copy.deepcopy(a.model)
@@ -108,18 +109,23 @@ def test_distillation_moves_the_student_toward_each_sources_teacher() -> None:
 
     before = gap()
     info = distill(
-        student, [a.model, b.model], data, DistillOptions(steps=150, lr=3e-3, augment="none"), progress=False
+        student,
+        [a.model, b.model],
+        data,
+        DistillOptions(steps=150, lr=3e-3, augment="none", adversarial=adversarial),
+        progress=False,
     )
-    assert gap() < 0.5 * before
+    assert gap() < ratio * before
     assert info["steps"] == 150 and info["loss_last"] < info["loss_first"]
 
 
 def test_distillation_budget_is_chosen_from_the_merge_data_and_options_win() -> None:
     small = resolve_budget(DistillOptions(), _data())
     assert small["augment"] == "dsa" and small["steps"] == 2000 and "small" in small["reason"]
+    assert small["adversarial"] > 0
     big = MergeData(tuple(ImageSet(torch.rand(4000, 1, 4, 4), torch.arange(4000) % 10, name=f"s{i}") for i in range(2)))
     large = resolve_budget(DistillOptions(), big)
-    assert large["augment"] == "none" and large["steps"] >= 1000
+    assert large["augment"] == "none" and large["steps"] >= 1000 and large["adversarial"] == 0
     given = resolve_budget(DistillOptions(steps=7, augment="dsa"), big)
     assert given["steps"] == 7 and given["augment"] == "dsa" and given["reason"] == "given"
 

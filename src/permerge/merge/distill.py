@@ -36,6 +36,9 @@ from ..progress import progress_bar
 # class": it gets DSA augmentation and the longer budget. 10 images/class of two 10-class
 # datasets is 200 images; a full training set is tens of thousands.
 SMALL_DATA = 5000
+# Step size of the disagreement inputs on small merge data (inputs are normalised to about unit
+# scale). Chosen on the validation split: 0.1 beat 0 and 0.3 on 3 pairs (docs/RESULTS.md §8).
+ADVERSARIAL = 0.1
 
 
 class DistillOptions(BaseModel):
@@ -55,10 +58,13 @@ class DistillOptions(BaseModel):
         32, ge=1, description="independent DSA draws per source per batch (more: more varied inputs)"
     )
     mixup: bool = Field(True, description="mix image pairs within a source (weight ~ U(0,1)); teachers label mixes")
-    adversarial: float = Field(
-        0.0,
+    adversarial: float | None = Field(
+        None,
         ge=0,
-        description="step size of extra inputs moved towards student/teacher disagreement (0: off)",
+        description=(
+            "step size of extra inputs moved towards student/teacher disagreement "
+            "(default: 0.1 for small merge data, 0 = off otherwise)"
+        ),
     )
     teacher: Literal["own", "ensemble"] = Field(
         "own", description="own: source i is taught by model i; ensemble: every image by the mean of both"
@@ -76,13 +82,21 @@ def resolve_budget(opts: DistillOptions, data: MergeData) -> dict[str, Any]:
     share, at least 1,000 steps, without augmentation."""
     small = len(data) < SMALL_DATA
     augment = opts.augment if opts.augment != "auto" else ("dsa" if small else "none")
+    adversarial = opts.adversarial if opts.adversarial is not None else (ADVERSARIAL if small else 0.0)
     if opts.steps is not None:
         steps, why = opts.steps, "given"
     elif small:
         steps, why = 2000, f"small merge data ({len(data)} images < {SMALL_DATA})"
     else:
         steps, why = max(1000, 2 * data.epoch_steps(opts.batch_size)), f"2 passes over {len(data)} images"
-    return {"steps": steps, "augment": augment, "lr": opts.lr, "temperature": opts.temperature, "reason": why}
+    return {
+        "steps": steps,
+        "augment": augment,
+        "adversarial": adversarial,
+        "lr": opts.lr,
+        "temperature": opts.temperature,
+        "reason": why,
+    }
 
 
 def _source_batches(
@@ -191,8 +205,8 @@ def distill(
             parts = next(batches)
             if opts.mixup:
                 parts = _mix(parts, g)
-            if opts.adversarial > 0:
-                adv = _disagreement(student, teachers, parts, opts.teacher, t, opts.adversarial)
+            if budget["adversarial"] > 0:
+                adv = _disagreement(student, teachers, parts, opts.teacher, t, budget["adversarial"])
                 parts = [(torch.cat([x, xa]), torch.cat([y, y])) for (x, y), (xa, _) in zip(parts, adv, strict=True)]
             target = _soft_targets(teachers, parts, opts.teacher, t)
             x, y = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
