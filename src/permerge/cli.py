@@ -266,7 +266,8 @@ def merge(
     if ft:
         console.print(
             f"distillation: {ft['steps']} steps ({ft['reason']}), lr {ft['lr']:g}, T {ft['temperature']:g}, "
-            f"augment {ft['augment']}, disagreement inputs {ft['adversarial']:g}; {ft['seconds']:.1f}s"
+            f"augment {ft['augment']}, disagreement inputs {ft['adversarial']:g}, label weight {ft['label_weight']:g}; "
+            f"{ft['seconds']:.1f}s"
         )
     name = method + ("+" + finetune if finetune != "none" else "")
     console.print(scores_table(f"{name} merge at lam={r['lam']:.2f}", {name: r["scores"]}))

@@ -122,10 +122,15 @@ def test_distillation_moves_the_student_toward_each_sources_teacher(adversarial:
 def test_distillation_budget_is_chosen_from_the_merge_data_and_options_win() -> None:
     small = resolve_budget(DistillOptions(), _data())
     assert small["augment"] == "dsa" and small["steps"] == 2000 and "small" in small["reason"]
-    assert small["adversarial"] > 0
+    assert small["adversarial"] > 0 and small["label_weight"] == 0
     big = MergeData(tuple(ImageSet(torch.rand(4000, 1, 4, 4), torch.arange(4000) % 10, name=f"s{i}") for i in range(2)))
     large = resolve_budget(DistillOptions(), big)
-    assert large["augment"] == "none" and large["steps"] >= 1000 and large["adversarial"] == 0
+    assert (
+        large["augment"] == "none"
+        and large["steps"] >= 1000
+        and large["adversarial"] == 0
+        and large["label_weight"] > 0
+    )
     given = resolve_budget(DistillOptions(steps=7, augment="dsa"), big)
     assert given["steps"] == 7 and given["augment"] == "dsa" and given["reason"] == "given"
 

@@ -39,6 +39,13 @@ SMALL_DATA = 5000
 # Step size of the disagreement inputs on small merge data (inputs are normalised to about unit
 # scale). Chosen on the validation split: 0.1 beat 0 and 0.3 on 3 pairs (docs/RESULTS.md §8).
 ADVERSARIAL = 0.1
+# Weight of the hard labels on large merge data (a full training set): there the labels know
+# more than the teachers (a jointly trained model beats the mean of the two sources' own
+# accuracies), so the student should learn from both. Chosen on validation (RESULTS.md §8).
+LABEL_WEIGHT = 0.5
+# Passes over large merge data: with the labels in the loss the student keeps improving past
+# the two passes that soft targets alone needed (validation, RESULTS.md §8).
+FULL_PASSES = 8
 
 
 class DistillOptions(BaseModel):
@@ -49,7 +56,12 @@ class DistillOptions(BaseModel):
     lr: float = Field(1e-3, gt=0, description="Adam learning rate (cosine decay to 0)")
     weight_decay: float = Field(0.0, ge=0)
     temperature: float = Field(2.0, gt=0, description="softmax temperature of teacher and student")
-    label_weight: float = Field(0.0, ge=0, le=1, description="weight of the hard-label loss (0: soft targets only)")
+    label_weight: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="weight of the hard-label loss (default: 0.5 on large merge data, else 0: soft targets only)",
+    )
     batch_size: int = Field(256, ge=2, description="images per step, shared equally by the sources")
     augment: Literal["auto", "none", "dsa"] = Field(
         "auto", description="auto: DSA for small merge data (< 5,000 images), none otherwise"
@@ -78,21 +90,25 @@ def resolve_budget(opts: DistillOptions, data: MergeData) -> dict[str, Any]:
     Small merge data (a few images per class): 2,000 steps with DSA. Chosen on the validation
     split (never the test set) with ``benchmarks/distill_recipe.py`` on MNIST vs Fashion-MNIST
     at 10 images/class: 1,500 / 3,000 steps gave 92.15 / 92.36 (docs/RESULTS.md §8), 2,000 is
-    the compromise with time. Full data: two passes over the largest source at the batch
-    share, at least 1,000 steps, without augmentation."""
+    the compromise with time; disagreement inputs on (``ADVERSARIAL``), no hard labels. Full
+    data: ``FULL_PASSES`` passes over the largest source at the batch share, at least 1,000
+    steps, without augmentation, with the hard labels at weight ``LABEL_WEIGHT``."""
     small = len(data) < SMALL_DATA
     augment = opts.augment if opts.augment != "auto" else ("dsa" if small else "none")
     adversarial = opts.adversarial if opts.adversarial is not None else (ADVERSARIAL if small else 0.0)
+    label_weight = opts.label_weight if opts.label_weight is not None else (0.0 if small else LABEL_WEIGHT)
     if opts.steps is not None:
         steps, why = opts.steps, "given"
     elif small:
         steps, why = 2000, f"small merge data ({len(data)} images < {SMALL_DATA})"
     else:
-        steps, why = max(1000, 2 * data.epoch_steps(opts.batch_size)), f"2 passes over {len(data)} images"
+        steps = max(1000, FULL_PASSES * data.epoch_steps(opts.batch_size))
+        why = f"{FULL_PASSES} passes over {len(data)} images"
     return {
         "steps": steps,
         "augment": augment,
         "adversarial": adversarial,
+        "label_weight": label_weight,
         "lr": opts.lr,
         "temperature": opts.temperature,
         "reason": why,
@@ -212,8 +228,9 @@ def distill(
             x, y = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
             logits = student(x)
             loss = F.kl_div(F.log_softmax(logits / t, dim=1), target, reduction="batchmean") * t * t
-            if opts.label_weight > 0:
-                loss = (1 - opts.label_weight) * loss + opts.label_weight * F.cross_entropy(logits, y)
+            if budget["label_weight"] > 0:
+                w = budget["label_weight"]
+                loss = (1 - w) * loss + w * F.cross_entropy(logits, y)
             if not torch.isfinite(loss):
                 raise PermergeError(f"distillation diverged at step {step} (loss {loss.item()}); lower --ft-opt lr")
             optim.zero_grad(set_to_none=True)
