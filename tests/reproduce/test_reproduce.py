@@ -104,7 +104,7 @@ def test_a_rerun_clears_temp_files_a_killed_attempt_left(tmp_path: Path, monkeyp
         (directory / "artifact.txt").write_text("x")
         return {"value": 1}
 
-    monkeypatch.setitem(tasks._RUNNERS, "fake", fake)
+    monkeypatch.setattr(tasks.RUNNERS, "_entries", {**tasks.RUNNERS._entries, "fake": fake})
     task = Task("fake", {"a": 1})
     d = task.directory(tmp_path)
     d.mkdir(parents=True)

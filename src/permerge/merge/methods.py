@@ -22,6 +22,7 @@ from ..data.mergedata import MergeData
 from ..errors import PermergeError
 from ..models import ModelConfig
 from ..permutation.spec import Permutation, PermutationSpec
+from ..registry import Registry
 
 
 @dataclass
@@ -58,22 +59,21 @@ def merger_spec(a: Checkpoint, method: str) -> PermutationSpec:
     return spec
 
 
-_MERGERS: dict[str, Merger] = {}
+MERGERS: Registry[Merger] = Registry("merge method", package=__name__.rsplit(".", 1)[0])
 
 
 def register_merger(
     name: str, options: type[BaseModel], *, needs_data: bool, summary: str
 ) -> Callable[[MergerFn], MergerFn]:
+    """``@register_merger("pleas", PleasOptions, needs_data=True, summary=...)``; the modules of
+    ``permerge.merge`` are imported on first lookup, so a new file is enough."""
+
     def deco(fn: MergerFn) -> MergerFn:
-        if name in _MERGERS:
-            raise PermergeError(f"merge method {name!r} is registered twice")
-        _MERGERS[name] = Merger(name, fn, options, needs_data, summary)
+        MERGERS.add(name, Merger(name, fn, options, needs_data, summary), source=fn)
         return fn
 
     return deco
 
 
 def mergers() -> dict[str, Merger]:
-    from . import pleas, zipit  # noqa: F401  (register themselves)
-
-    return dict(sorted(_MERGERS.items()))
+    return MERGERS.items()

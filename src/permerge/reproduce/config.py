@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .._limits import MAX_SEED, MAX_SEEDS
-from ..errors import ConfigError
+from ..errors import ConfigError, first_error
 from ..merge.distill import DistillOptions
 from ..train import TrainConfig
 
@@ -204,6 +204,5 @@ def load_experiment(name_or_path: str | Path, *, quick: bool = False) -> Experim
     try:
         return ExperimentConfig.model_validate(raw)
     except ValidationError as e:
-        err = e.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "config"
-        raise ConfigError(f"{name_or_path}: invalid field {where!r}: {err['msg']}") from None
+        where, msg = first_error(e)
+        raise ConfigError(f"{name_or_path}: invalid field {where or 'config'!r}: {msg}") from None

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from .._io import atomic_write_text, dumps, remove_stale_temps
 from .._limits import MAX_TASKS, check_seed
-from ..errors import PermergeError
+from ..errors import PermergeError, first_error
 from ..progress import progress_bar
 from .config import ExperimentConfig, load_experiment
 from .executors import check_executor, get_executor
@@ -55,7 +55,7 @@ def reproduce(
         try:
             cfg = ExperimentConfig.model_validate({**cfg.model_dump(), "seeds": tuple(seeds)})
         except ValidationError as e:
-            raise PermergeError(f"--seeds: {e.errors()[0]['msg']}") from None
+            raise PermergeError(f"--seeds: {first_error(e)[1]}") from None
     plan = make_plan(cfg)
     if len(plan.tasks) > MAX_TASKS:
         raise PermergeError(
