@@ -49,4 +49,7 @@ def first_error(e: ValidationError) -> tuple[str, str]:
     """``(where, message)`` of pydantic's first error, ``where`` dotted (``merges.0.options.lr``)
     or empty for a model-level check: the one way a validation report becomes one line."""
     err = e.errors()[0]
-    return ".".join(str(p) for p in err["loc"]), str(err["msg"])
+    msg = str(err["msg"])
+    if err["type"] == "value_error" and "error" in err.get("ctx", {}):
+        msg = str(err["ctx"]["error"])  # our own check's words, without pydantic's "Value error, "
+    return ".".join(str(p) for p in err["loc"]), msg

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from torch import nn
 
 from ..align import AlignProblem, get_method
@@ -48,14 +48,21 @@ def methods() -> list[str]:
     return [*BASELINES, *align_methods(), *mergers()]
 
 
+def options_class(method: str) -> type[BaseModel] | None:
+    """The options class of a registered alignment method or merger; None for a baseline or
+    an unknown name (reported where the method is looked up)."""
+    if method in mergers():
+        return mergers()[method].options
+    if method in BASELINES or method not in align_methods():
+        return None
+    return get_method(method).options
+
+
 def seeded(method: str, options: dict[str, Any] | None, seed: int | None) -> dict[str, Any] | None:
     """``options`` for ``method`` with the run's ``seed`` added when the method has a ``seed``
     option the caller left unset; baselines and unknown names pass through unchanged."""
-    if method in mergers():
-        return with_seed(mergers()[method].options, options, seed)
-    if method in BASELINES or method not in align_methods():
-        return options
-    return with_seed(get_method(method).options, options, seed)
+    cls = options_class(method)
+    return options if cls is None else with_seed(cls, options, seed)
 
 
 @dataclass
