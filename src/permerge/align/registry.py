@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import torch
 from pydantic import BaseModel, ValidationError
@@ -39,16 +39,25 @@ class Alignment:
     info: dict[str, Any] = field(default_factory=dict)
 
 
+Fn = TypeVar("Fn", bound=Callable[..., Any])
+
+
 @dataclass(frozen=True)
-class AlignMethod:
+class MergeMethod(Generic[Fn]):
+    """A registered merge method: alignment methods and mergers alike (``permerge methods``
+    lists both with their options)."""
+
     name: str
-    fn: Callable[[AlignProblem, Any], Alignment]
+    fn: Fn
     options: type[BaseModel]
     needs_data: bool
     summary: str
 
     def parse_options(self, values: dict[str, Any] | None) -> BaseModel:
         return parse_options(self.options, values, self.name)
+
+
+AlignMethod = MergeMethod[Callable[[AlignProblem, Any], Alignment]]
 
 
 def option_error(e: ValidationError, subject: str) -> PermergeError:

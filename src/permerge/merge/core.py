@@ -23,7 +23,6 @@ from ..checkpoint import Checkpoint, check_compatible
 from ..data.mergedata import MergeData
 from ..errors import PermergeError, first_error
 from ..models import ModelConfig
-from ..permutation.fx import derive_spec
 from ..permutation.spec import Permutation, PermutationSpec, apply_permutation
 from .bn import default_bn_reset, has_batchnorm, repair, reset_bn
 from .distill import DistillOptions, distill
@@ -31,6 +30,7 @@ from .ensemble import OutputEnsemble
 from .lerp import lerp_models
 from .methods import mergers
 from .size import size_vs_source
+from .spec import spec_for
 
 # Methods that align nothing: plain averaging, the output ensemble (both models, 2x compute)
 # and "source", model A unchanged: the start of the "distil both teachers into one source
@@ -74,10 +74,6 @@ class MergeResult:
     spec: PermutationSpec | None = None
     info: dict[str, Any] = field(default_factory=dict)
     config: ModelConfig | None = None  # set when the merged model is not A's architecture (wider)
-
-
-def spec_for(ckpt: Checkpoint) -> PermutationSpec:
-    return derive_spec(ckpt.model, torch.zeros(1, *ckpt.config.in_shape))
 
 
 def align(
