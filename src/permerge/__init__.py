@@ -11,4 +11,9 @@ try:
 except PackageNotFoundError:  # running from a source tree without installing
     __version__ = "0+unknown"
 
+# Layers above ``data`` register the dataset kinds they define (``reduced:PATH`` comes from
+# ``permerge.reduce``); importing them here makes every spec work from any entry point while
+# ``permerge.data`` imports nothing above it.
+from . import reduce as _reduce  # noqa: E402, F401
+
 __all__ = ["__version__"]

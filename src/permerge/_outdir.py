@@ -323,21 +323,3 @@ def check_output_file(
             if _resolve(Path(i), "input") == real:
                 raise OutputError(f"--out {shown} would overwrite the input {i}; choose another name or pass --force")
     return real
-
-
-def data_paths(specs: Iterable[str]) -> list[str]:
-    """Files and folders named by dataset specs (``npz:``, ``folder:``, ``reduced:``): inputs
-    that an ``--out`` must not overwrite."""
-    from .data.spec import parse_spec
-    from .errors import PermergeError
-
-    out = []
-    for s in specs:
-        try:
-            base = parse_spec(s).base
-        except PermergeError:
-            continue  # reported when the data is loaded
-        kind, _, arg = base.partition(":")
-        if kind in ("npz", "folder", "reduced") and arg:
-            out.append(arg)
-    return out

@@ -10,85 +10,38 @@ report = api.merge("runs/mnist", "runs/fmnist", method="ste",
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import torch
-from pydantic import ValidationError
 from safetensors.torch import save_file
 
-from ._io import atomic_path, atomic_write_text, dumps, finite
+from ._io import atomic_path, atomic_write_text, dumps
 from ._limits import check_seed
-from ._outdir import OutputFolder, data_paths
-from .budgets import train_budget
-from .checkpoint import Checkpoint, check_compatible, check_inputs, load_checkpoint, save_checkpoint, write_checkpoint
-from .data import ImageSet, load_dataset, parse_spec
-from .data.imageset import concat
-from .data.mergedata import MergeData
+from ._outdir import OutputFolder
+from .checkpoint import (
+    Checkpoint,
+    as_checkpoint,
+    check_compatible,
+    check_inputs,
+    datasets_of,
+    save_checkpoint,
+    write_checkpoint,
+)
+from .data.mergedata import MergeData, load_merge_data
+from .data.spec import test_sets, test_spec
+from .device import resolve_device
 from .errors import PermergeError
 from .merge import merge_many as _merge_many
 from .merge import merge_models
-from .merge.core import MergeResult, align, aligned_copy
+from .merge.bn import default_bn_reset
+from .merge.core import BASELINES, MergeResult, align, aligned_copy, seeded
 from .merge.interpolate import barrier, curve, plot, write_csv
 from .merge.sameinit import same_init_notes
-from .models import ModelConfig, build_model, check_size, model_config_for
+from .models import ModelConfig
 from .permutation.spec import Permutation, PermutationSpec
-from .train import TrainConfig, check_trained, evaluate, evaluate_many, train_model, train_size, train_val_split
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise PermergeError("--device cuda requested but no CUDA device is available")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise PermergeError(f"unknown device {device!r} (use auto, cpu or cuda)")
-    return torch.device(device)
-
-
-def as_checkpoint(model: str | Path | Checkpoint) -> Checkpoint:
-    return model if isinstance(model, Checkpoint) else load_checkpoint(model)
-
-
-def test_spec(train_spec: str) -> str:
-    """The test set that goes with a training spec: same dataset and classes, no ``@K``."""
-    s = parse_spec(train_spec)
-    if s.kind == "reduced":
-        from .reduce.reduced_set import load_reduced
-
-        src = load_reduced(Path(s.base.split(":", 1)[1])).meta.get("source")
-        if not src:
-            raise PermergeError(f"{train_spec}: reduced set does not record its source dataset")
-        t = parse_spec(test_spec(str(src)))  # a size / channel view of the set applies to its test set too
-        return str(replace(t, size=s.size or t.size, channels=s.channels or t.channels))
-    return str(s.without_sampling())
-
-
-def test_sets(specs: Sequence[str], data_root: str | Path | None = None) -> list[ImageSet]:
-    return [load_dataset(test_spec(s), "test", data_root=data_root) for s in specs]
-
-
-def datasets_of(ckpt: Checkpoint) -> list[str]:
-    """The datasets a checkpoint was trained on (merged models list both sources)."""
-    ds = ckpt.meta.get("datasets")
-    if isinstance(ds, str):  # one spec where a list belongs: not a list of one-letter specs
-        return [ds]
-    if ds:
-        return [str(d) for d in ds]
-    if ckpt.dataset:
-        return [ckpt.dataset]
-    raise PermergeError(f"{ckpt.path}: model metadata names no dataset; pass --datasets")
-
-
-def _option_error(e: ValidationError) -> PermergeError:
-    err = e.errors()[0]
-    where = ".".join(map(str, err["loc"]))
-    return PermergeError(
-        f"invalid training option {where!r}: {err['msg']}" if where else f"training options: {err['msg']}"
-    )
+from .runs import evaluate_checkpoint, train_checkpoint
+from .train import evaluate_many
 
 
 def train(
@@ -115,70 +68,17 @@ def train(
     before training (see :class:`~permerge._outdir.OutputFolder`); a run that diverges raises
     :class:`~permerge.errors.TrainingError` and writes nothing.
     """
-    check_seed(seed)
-    folder = None
-    if out is not None:
-        specs_in = [dataset] if isinstance(dataset, str) else list(dataset)
-        folder = OutputFolder(out, inputs=data_paths(specs_in), force=force)
-    try:
-        TrainConfig(**{k: v for k, v in train_options.items() if v is not None})  # bad names fail before loading
-    except ValidationError as e:  # one line for the CLI, not pydantic's multi-line report
-        raise _option_error(e) from None
-    specs = [dataset] if isinstance(dataset, str) else list(dataset)
-    if not specs:
-        raise PermergeError("train needs at least one dataset")
-    parts = [load_dataset(s, "train", data_root=data_root, seed=seed) for s in specs]
-    data = parts[0] if len(parts) == 1 else concat(parts)
-    # Options left unset (or None) are chosen from the data: see permerge.budgets.
-    cfg, budget = train_budget(
-        train_options,
-        n_images=len(data),
-        n_train=lambda fraction: train_size(data.labels, fraction),
-        reduced=all(parse_spec(s).kind == "reduced" for s in specs),
-        channels=data.image_shape[0],
+    return train_checkpoint(
+        dataset,
+        model=model,
+        seed=seed,
+        out=out,
+        data_root=data_root,
+        device=device,
+        progress=progress,
+        force=force,
+        **train_options,
     )
-    budget.announce()
-    dataset = "+".join(specs)
-    split = train_val_split(data, cfg.val_fraction, seed=0)  # same validation part for every seed
-    mcfg = model_config_for(model, data.image_shape)
-    check_size(mcfg, copies=3)
-    torch.manual_seed(seed)
-    net = build_model(mcfg)
-    dev = resolve_device(device)
-    if cfg.precision == "fp16" and dev.type != "cuda":
-        raise PermergeError("precision fp16 needs a CUDA device; use bf16 for mixed precision on a CPU")
-    t0 = time.perf_counter()
-    stats = train_model(
-        net, split.train, cfg, seed=seed, device=dev, progress=progress, description=f"train {model} on {dataset}"
-    )
-    net = net.cpu()
-    scores: dict[str, Any] = {"train": evaluate(net, split.train)}
-    if split.val is not None:
-        scores["val"] = evaluate(net, split.val)
-    try:
-        if len(specs) == 1:
-            scores["test"] = evaluate(net, load_dataset(test_spec(specs[0]), "test", data_root=data_root))
-        else:
-            scores["test"] = evaluate_many(net, test_sets(specs, data_root))
-    except PermergeError as e:  # e.g. a user npz without a test part
-        scores["test"] = {"error": str(e)}
-    check_trained(net, float(stats["final_train_loss"]), scores)
-    meta = {
-        "dataset": dataset,
-        **({"datasets": specs} if len(specs) > 1 else {}),
-        "seed": seed,
-        "train": cfg.model_dump(),
-        "budget": budget.to_dict(),
-        "normalization": data.normalization.to_dict(),
-        "scores": scores,
-        "wall_seconds": time.perf_counter() - t0,
-        **stats,
-        "permerge_kind": "trained",
-    }
-    ckpt = Checkpoint(model=net, config=mcfg, meta=finite(meta))
-    if folder is not None:
-        ckpt.path = save_checkpoint(folder, net, mcfg, ckpt.meta)
-    return ckpt
 
 
 def _model_paths(*models: str | Path | Checkpoint) -> list[str | Path | None]:
@@ -192,20 +92,8 @@ def evaluate_model(
     data_root: str | Path | None = None,
     device: str = "cpu",
 ) -> dict[str, Any]:
-    ckpt = as_checkpoint(model)
-    specs = list(datasets) if datasets else datasets_of(ckpt)
-    sets = test_sets(specs, data_root)
-    check_inputs(ckpt, sets)
-    return evaluate_many(ckpt.model, sets, device=resolve_device(device))
-
-
-def load_merge_data(
-    specs: Sequence[str] | None, *, data_root: str | Path | None = None, seed: int = 0
-) -> MergeData | None:
-    """One source per spec (``mnist@10`` = 10 seeded training images per class)."""
-    if not specs:
-        return None
-    return MergeData(tuple(load_dataset(s, "train", data_root=data_root, seed=seed) for s in specs))
+    """Scores of ``model`` on the test sets of ``datasets`` (default: what it was trained on)."""
+    return evaluate_checkpoint(model, datasets, data_root=data_root, device=device)
 
 
 def save_permutation(path_dir: Path, spec: PermutationSpec, perm: Permutation) -> None:
@@ -255,10 +143,6 @@ def merge(
     check_compatible(ca, cb)  # a mismatch of architectures is the clearer message; then the data
     check_inputs(ca, [*tests, *(md.sources if md else ())])
     dev = resolve_device(device)
-    if method == "ste" and "seed" not in (options or {}):  # --seed also seeds STE without any --opt
-        options = {**(options or {}), "seed": seed}
-    if finetune != "none" and "seed" not in (finetune_options or {}):
-        finetune_options = {**(finetune_options or {}), "seed": seed}
     result = merge_models(
         ca,
         cb,
@@ -272,6 +156,7 @@ def merge(
         finetune_options=finetune_options,
         device=dev,
         progress=progress,
+        seed=seed,  # seeds the method and the finisher unless their options set one
     )
     scores = evaluate_many(result.model, tests, device=dev)
     report = _jsonable(
@@ -337,16 +222,15 @@ def interpolate(
     check_compatible(ca, cb)  # a mismatch of architectures is the clearer message; then the data
     check_inputs(ca, [*tests, *(md.sources if md else ())])
     dev = resolve_device(device)
-    from .merge.bn import has_batchnorm
-
-    reset = bool(md is not None and has_batchnorm(ca.model)) if bn_reset is None else bn_reset
+    reset = default_bn_reset(ca.model, md is not None) if bn_reset is None else bn_reset
     lams = [i / (points - 1) for i in range(points)]
     rows = curve(
         ca.model, cb.model, lams, tests, kind="naive", data=md, bn_reset=reset, use_repair=repair, device=str(dev)
     )
     info: dict[str, Any] = {}
-    if method not in ("average", "ensemble"):
-        perm, spec, info = align(ca, cb, method, md, options=options, device=dev, progress=progress)
+    if method not in BASELINES:  # a baseline aligns nothing: its lines are the naive and ensemble ones
+        opts = seeded(method, options, seed)
+        perm, spec, info = align(ca, cb, method, md, options=opts, device=dev, progress=progress)
         aligned = aligned_copy(cb, spec, perm)
         rows += [
             dict(r, line="aligned")
@@ -413,12 +297,15 @@ def merge_many(
 
 
 __all__ = [
+    "as_checkpoint",
+    "datasets_of",
     "evaluate_model",
     "interpolate",
     "load_merge_data",
     "merge",
     "merge_many",
     "resolve_device",
+    "test_sets",
     "test_spec",
     "train",
 ]

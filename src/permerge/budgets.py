@@ -36,10 +36,9 @@ import logging
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 if TYPE_CHECKING:
-    from .align.ste import STEOptions
     from .data.mergedata import MergeData
     from .train import TrainConfig
 
@@ -192,7 +191,29 @@ def train_budget(
     return cfg, budget
 
 
-def ste_budget(opts: STEOptions, data: MergeData) -> tuple[STEOptions, Budget]:
+class _STEBudgetOptions(Protocol):
+    """What :func:`ste_budget` reads of ``align.ste.STEOptions`` (typed structurally, so this
+    module, which ``align.ste`` imports, imports nothing of it)."""
+
+    @property
+    def steps(self) -> int | None: ...
+    @property
+    def epochs(self) -> float | None: ...
+    @property
+    def lr(self) -> float | None: ...
+    @property
+    def batch_size(self) -> int | None: ...
+    @property
+    def augment(self) -> str: ...
+    @property
+    def model_fields_set(self) -> set[str]: ...
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Any: ...
+
+
+SteOpts = TypeVar("SteOpts", bound=_STEBudgetOptions)
+
+
+def ste_budget(opts: SteOpts, data: MergeData) -> tuple[SteOpts, Budget]:
     """Complete STE's steps / lr / batch size from the merge data's size (what was set stays)."""
     given = opts.model_fields_set
     n = len(data)

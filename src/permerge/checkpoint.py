@@ -24,7 +24,7 @@ from torch import nn
 
 from ._io import dumps
 from ._outdir import OutputFolder
-from .errors import ModelError
+from .errors import ModelError, first_error
 from .models import ModelConfig, build_model, check_size
 
 WEIGHTS = "model.safetensors"
@@ -144,11 +144,8 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     try:
         config = ModelConfig.model_validate(meta.pop("config"))
     except ValidationError as e:
-        err = e.errors()[0]
-        where = ".".join(str(x) for x in err["loc"])
-        raise ModelError(
-            f"{meta_path}: invalid architecture config ({where + ': ' if where else ''}{err['msg']})"
-        ) from None
+        where, msg = first_error(e)
+        raise ModelError(f"{meta_path}: invalid architecture config ({where + ': ' if where else ''}{msg})") from None
     state = _read_state(weights)
     # check keys and shapes against a storage-free skeleton first: a crafted model.json
     # must not make us allocate a huge model before the weights file is found not to match
@@ -208,3 +205,20 @@ def check_inputs(ckpt: Checkpoint, sets: Iterable[Any]) -> None:
                 f"{ckpt.path or ckpt.config.describe()}: model takes images of shape {want}, "
                 f"but {s.name} has {tuple(s.image_shape)}"
             )
+
+
+def as_checkpoint(model: str | Path | Checkpoint) -> Checkpoint:
+    """A checkpoint as is, or loaded from its folder or weights file."""
+    return model if isinstance(model, Checkpoint) else load_checkpoint(model)
+
+
+def datasets_of(ckpt: Checkpoint) -> list[str]:
+    """The datasets a checkpoint was trained on (merged models list both sources)."""
+    ds = ckpt.meta.get("datasets")
+    if isinstance(ds, str):  # one spec where a list belongs: not a list of one-letter specs
+        return [ds]
+    if ds:
+        return [str(d) for d in ds]
+    if ckpt.dataset:
+        return [ckpt.dataset]
+    raise ModelError(f"{ckpt.path}: model metadata names no dataset; pass --datasets")

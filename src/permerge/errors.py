@@ -7,6 +7,11 @@ without a traceback; anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
 
 class PermergeError(Exception):
     """Base class for errors the user can fix."""
@@ -38,3 +43,13 @@ class DivergedError(PermergeError, FloatingPointError):
 
 class TrainingError(DivergedError):
     """Training diverged (non-finite loss or exploded weights): nothing is saved."""
+
+
+def first_error(e: ValidationError) -> tuple[str, str]:
+    """``(where, message)`` of pydantic's first error, ``where`` dotted (``merges.0.options.lr``)
+    or empty for a model-level check: the one way a validation report becomes one line."""
+    err = e.errors()[0]
+    msg = str(err["msg"])
+    if err["type"] == "value_error" and "error" in err.get("ctx", {}):
+        msg = str(err["ctx"]["error"])  # our own check's words, without pydantic's "Value error, "
+    return ".".join(str(p) for p in err["loc"]), msg

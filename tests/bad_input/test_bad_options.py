@@ -41,7 +41,7 @@ def test_unknown_architecture_via_cli(tmp_path: Path, shared_data: Path, cli_err
 @pytest.mark.parametrize(
     ("arch", "needle"),
     [
-        ("mlp:0", "invalid model config for 'mlp:0': hidden: Value error, hidden widths must be positive"),
+        ("mlp:0", "invalid model config for 'mlp:0': hidden: hidden widths must be positive"),
         ("mlp:16xabc", "bad MLP widths in 'mlp:16xabc'"),
         ("vgg11:inf", "invalid model config for 'vgg11:inf': width: Input should be a finite number"),
         ("resnet20:x-1", "width: Input should be greater than 0"),

@@ -104,7 +104,7 @@ def test_a_rerun_clears_temp_files_a_killed_attempt_left(tmp_path: Path, monkeyp
         (directory / "artifact.txt").write_text("x")
         return {"value": 1}
 
-    monkeypatch.setitem(tasks._RUNNERS, "fake", fake)
+    monkeypatch.setattr(tasks.RUNNERS, "_entries", {**tasks.RUNNERS._entries, "fake": fake})
     task = Task("fake", {"a": 1})
     d = task.directory(tmp_path)
     d.mkdir(parents=True)
@@ -145,6 +145,29 @@ def test_stale_temp_cleanup_only_touches_the_named_files(tmp_path: Path) -> None
         (
             "name: x\nmodel: mlp\npairs: [[a, b]]\nmerges: [{method: wm}]\nbaselines: {reduced_only_train: {lr: -1}}\n",
             "reduced_only_train",
+        ),
+        # merge, finisher and reduce options are checked when the config loads, with their YAML path
+        (
+            "name: x\nmodel: mlp\npairs: [[a, b]]\nmerges: [{method: ste, options: {lr: -1}}]\n",
+            "invalid field 'merges.0.options.lr': Input should be greater than 0",
+        ),
+        (
+            "name: x\nmodel: mlp\npairs: [[a, b]]\n"
+            "merges: [{method: wm, data: [full], reduced_options: {max_it: 3}}]\n",
+            "invalid field 'merges.0.reduced_options.max_it'",
+        ),
+        (
+            "name: x\nmodel: mlp\npairs: [[a, b]]\nmerges: [{method: average, options: {x: 1}}]\n",
+            "'merges.0.options': method average takes no options",
+        ),
+        (
+            "name: x\nmodel: mlp\npairs: [[a, b]]\n"
+            "merges: [{method: wm, data: [full], finetune: kd, finetune_options: {lr: -2}}]\n",
+            "invalid field 'merges.0.finetune_options.lr'",
+        ),
+        (
+            "name: x\nmodel: mlp\npairs: [[a, b]]\nmerges: [{method: wm}]\nreduce: {options: {dm: {lr_img: abc}}}\n",
+            "invalid field 'reduce.options.dm': invalid option lr_img='abc' for method 'dm'",
         ),
         ("name: [unclosed\n", "invalid YAML"),
         ("- just\n- a list\n", "mapping"),

@@ -1,6 +1,6 @@
-"""Alignment methods, registered by name: ``wm``, ``am``, ``ste``."""
+"""Alignment methods, registered by name: ``wm``, ``am``, ``ste`` (each module of this package
+that uses ``@register`` is imported on first lookup; see :mod:`permerge.registry`)."""
 
-from . import activation_matching, ste  # noqa: F401  (registers the methods)
 from .registry import Alignment, AlignMethod, AlignProblem, available, get_method, register
 from .weight_matching import WeightMatcher, l2_distance, weight_matching
 

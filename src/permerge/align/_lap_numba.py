@@ -57,7 +57,7 @@ def warm_start(cost, sign, u, v, col4row, row4col):
 
 
 @njit(cache=True)
-def solve(cost, sign, u, v, col4row, row4col):
+def solve(cost, sign, u, v, col4row, row4col):  # one piece: a numba kernel, calls inside cost time
     """Augment every free row, in row order, along a shortest path of reduced costs.
 
     From an empty assignment with zero duals this is the algorithm of SciPy's
@@ -134,7 +134,7 @@ def solve(cost, sign, u, v, col4row, row4col):
 
 
 @njit(cache=True)
-def reduce_rows(cost, sign, u, v, col4row, row4col, max_steps):
+def reduce_rows(cost, sign, u, v, col4row, row4col, max_steps):  # one piece: a numba kernel
     """Jonker-Volgenant augmenting row reduction of the free rows (square problems).
 
     A free row takes its best column at the current prices and lowers that column's price

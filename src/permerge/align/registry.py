@@ -8,15 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import torch
 from pydantic import BaseModel, ValidationError
 from torch import nn
 
 from ..data.mergedata import MergeData
-from ..errors import PermergeError
+from ..errors import PermergeError, first_error
 from ..permutation.spec import Permutation, PermutationSpec
+from ..registry import Registry
 
 
 @dataclass
@@ -38,10 +39,16 @@ class Alignment:
     info: dict[str, Any] = field(default_factory=dict)
 
 
+Fn = TypeVar("Fn", bound=Callable[..., Any])
+
+
 @dataclass(frozen=True)
-class AlignMethod:
+class MergeMethod(Generic[Fn]):
+    """A registered merge method: alignment methods and mergers alike (``permerge methods``
+    lists both with their options)."""
+
     name: str
-    fn: Callable[[AlignProblem, Any], Alignment]
+    fn: Fn
     options: type[BaseModel]
     needs_data: bool
     summary: str
@@ -50,32 +57,49 @@ class AlignMethod:
         return parse_options(self.options, values, self.name)
 
 
+AlignMethod = MergeMethod[Callable[[AlignProblem, Any], Alignment]]
+
+
+def option_error(e: ValidationError, subject: str) -> PermergeError:
+    """pydantic's multi-line report as one line naming the first bad field (the one helper for
+    every option set: methods, the finisher, training, configs)."""
+    where, msg = first_error(e)
+    return PermergeError(f"invalid option {where!r} for {subject}: {msg}" if where else f"{subject}: {msg}")
+
+
 def parse_options(options: type[BaseModel], values: dict[str, Any] | None, method: str) -> BaseModel:
     """Validate ``--opt`` values for ``method``; the first problem as one line, not pydantic's report."""
     try:
         return options.model_validate(values or {})
     except ValidationError as e:
-        err = e.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        raise PermergeError(f"invalid option {where!r} for method {method}: {err['msg']}") from None
+        raise option_error(e, f"method {method}") from None
 
 
-_METHODS: dict[str, AlignMethod] = {}
+def with_seed(options: type[BaseModel], values: dict[str, Any] | None, seed: int | None) -> dict[str, Any] | None:
+    """``values`` plus ``seed`` when the options have a ``seed`` field the caller left unset: the
+    one place a run's ``--seed`` reaches every seeded method (wm, am, ste, pleas, zipit, kd)."""
+    if seed is None or "seed" not in options.model_fields or "seed" in (values or {}):
+        return values
+    return {**(values or {}), "seed": seed}
+
+
+METHODS: Registry[AlignMethod] = Registry("alignment method", package=__name__.rsplit(".", 1)[0])
 
 
 def register(name: str, options: type[BaseModel], *, needs_data: bool, summary: str):
+    """``@register("wm", WMOptions, needs_data=False, summary=...)`` on ``fn(problem, opts)``;
+    the modules of ``permerge.align`` are imported on first lookup, so a new file is enough."""
+
     def deco(fn: Callable[[AlignProblem, Any], Alignment]) -> Callable[[AlignProblem, Any], Alignment]:
-        _METHODS[name] = AlignMethod(name, fn, options, needs_data, summary)
+        METHODS.add(name, AlignMethod(name, fn, options, needs_data, summary), source=fn)
         return fn
 
     return deco
 
 
 def get_method(name: str) -> AlignMethod:
-    if name not in _METHODS:
-        raise PermergeError(f"unknown alignment method {name!r}; known: {', '.join(sorted(_METHODS))}")
-    return _METHODS[name]
+    return METHODS.get(name)
 
 
 def available() -> dict[str, AlignMethod]:
-    return dict(sorted(_METHODS.items()))
+    return METHODS.items()

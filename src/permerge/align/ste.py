@@ -11,6 +11,8 @@ on the merge data (a fixed held-out part when there is enough data), never a tes
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -19,6 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch.func import functional_call
 
 from ..budgets import ste_budget
+from ..data.imageset import ImageSet
+from ..data.mergedata import MergeData
 from ..errors import AlignmentError
 from ..permutation.spec import Permutation, permute_param
 from ..progress import progress_bar
@@ -87,109 +91,179 @@ def _finite(params: list[torch.Tensor]) -> bool:
         return all(bool(torch.isfinite(p).all()) for p in params)
 
 
+def _split_holdout(data: MergeData, opts: STEOptions, g: torch.Generator) -> tuple[MergeData, ImageSet]:
+    """(what STE trains on, what it scores permutations on): all of the merge data and a fixed
+    sample of it, or with ``holdout`` a random part of each source kept out for scoring."""
+    score_set = data.sample(opts.eval_samples, seed=opts.seed)
+    if opts.holdout <= 0:
+        return data, score_set
+    train_parts, score_parts = [], []
+    for s in data.sources:
+        n_hold = int(len(s) * opts.holdout)
+        order = torch.randperm(len(s), generator=g)
+        if n_hold < 1 or len(s) - n_hold < 1:
+            raise AlignmentError(f"merge source {s.name} is too small for holdout {opts.holdout}")
+        score_parts.append(s.subset(order[:n_hold]))
+        train_parts.append(s.subset(order[n_hold:]))
+    return MergeData(tuple(train_parts)), MergeData(tuple(score_parts)).sample(opts.eval_samples, seed=opts.seed)
+
+
+class _Merged:
+    """The proxy (trained, starts at A), A and B on the device, and the merged model's
+    parameters ``(1 - lam) A + lam pi(B)`` built from them for a permutation."""
+
+    def __init__(self, problem: AlignProblem, lam: float) -> None:
+        dev = problem.device
+        self.model = problem.model.to(dev)
+        self.spec, self.lam, self.dev = problem.spec, lam, dev
+        self.names = [n for n, _ in self.model.named_parameters()]
+        self.state_a = {k: v.to(dev) for k, v in problem.state_a.items()}
+        self.state_b = {k: v.to(dev) for k, v in problem.state_b.items()}
+        self.proxy = {n: self.state_a[n].detach().clone().requires_grad_(True) for n in self.names}
+        self.buffers = [k for k in self.state_a if k not in self.proxy]
+        self.a_part = {n: (1 - lam) * self.state_a[n] for n in self.names}  # the same every step
+        self._permuted_b: dict[str, tuple[tuple[bytes, ...], torch.Tensor]] = {}
+
+    def permute_b(self, perm: Permutation) -> dict[str, torch.Tensor]:
+        """``apply_permutation(spec, perm, state_b)``, reusing tensors whose groups did not move."""
+        out, on_dev = {}, None
+        for k, v in self.state_b.items():
+            key = tuple(perm[g].numpy().tobytes() for _, g, _ in self.spec.by_param.get(k, ()))
+            hit = self._permuted_b.get(k)
+            if hit is None or hit[0] != key:
+                on_dev = on_dev or {g: p.to(self.dev) for g, p in perm.items()}
+                hit = self._permuted_b[k] = (key, permute_param(self.spec, k, v, on_dev))
+            out[k] = hit[1]
+        return out
+
+    def params(self, perm: Permutation, straight_through: bool) -> dict[str, torch.Tensor]:
+        pb, lam = self.permute_b(perm), self.lam
+        out = {}
+        for n in self.names:
+            # the forward value is (1 - lam) A + lam pi(B); straight through, the proxy gets lam * grad
+            if straight_through:
+                out[n] = _StraightThrough.apply(self.proxy[n], self.a_part[n], pb[n], lam)
+            else:
+                out[n] = self.a_part[n] + lam * pb[n]
+        for k in self.buffers:
+            out[k] = pb[k].clone() if not pb[k].is_floating_point() else torch.lerp(self.state_a[k], pb[k], lam)
+        return out
+
+    def loss(self, perm: Permutation, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The merged model's training loss on a batch, its gradient flowing to the proxy."""
+        return F.cross_entropy(functional_call(self.model, self.params(perm, True), (x,)), y)
+
+    @torch.no_grad()
+    def score(self, perm: Permutation, score_set: ImageSet) -> float:
+        # Train-mode forward so BatchNorm uses batch statistics (the merged model's running
+        # statistics are meaningless before a BN reset); buffers are copies, so none leak.
+        merged = self.params(perm, straight_through=False)
+        loss_sum, n = 0.0, 0
+        self.model.train()
+        for x, y in score_set.batches(1000, device=self.dev):
+            loss_sum += float(F.cross_entropy(functional_call(self.model, merged, (x,)), y, reduction="sum"))
+            n += len(y)
+        return loss_sum / n
+
+
+def _optimizer(params: list[torch.Tensor], opts: STEOptions) -> torch.optim.Optimizer:
+    assert opts.lr is not None  # set by ste_budget
+    if opts.optimizer == "adam":
+        return torch.optim.Adam(params, lr=opts.lr, weight_decay=opts.weight_decay)
+    return torch.optim.SGD(params, lr=opts.lr, momentum=opts.momentum, weight_decay=opts.weight_decay)
+
+
+@dataclass
+class _Best:
+    """The best permutation so far by score loss, and what was scored."""
+
+    perm: Permutation
+    loss: float
+    step: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    last_scored: Permutation | None = None
+
+    def offer(self, perm: Permutation, step: int, merged: _Merged, score_set: ImageSet, train_loss: float) -> None:
+        """Score ``perm`` unless it is the one scored last; keep it if it is the best."""
+        if self.last_scored is not None and all(torch.equal(perm[k], self.last_scored[k]) for k in perm):
+            return
+        score_loss = merged.score(perm, score_set)
+        self.last_scored = perm
+        self.history.append({"step": step, "score_loss": score_loss, "train_loss": train_loss})
+        if score_loss < self.loss:
+            self.perm, self.loss, self.step = perm, score_loss, step
+
+
 @register("ste", STEOptions, needs_data=True, summary="straight-through estimator on merge data")
 def ste_method(problem: AlignProblem, opts: STEOptions) -> Alignment:
     if problem.data is None:
         raise AlignmentError("STE needs merge data (--data)")
     t_start = time.perf_counter()
-    dev = problem.device
-    model = problem.model.to(dev)
-    param_names = [n for n, _ in model.named_parameters()]
-    state_a = {k: v.to(dev) for k, v in problem.state_a.items()}
-    state_b = {k: v.to(dev) for k, v in problem.state_b.items()}
-    spec = problem.spec
+    merged = _Merged(problem, opts.lam)
     # Costs are computed where the weights live (a GPU too); each step's three assignment
     # problems are warm-started from the previous step's dual variables (align/lap.py).
-    matcher = WeightMatcher(spec, problem.state_b, device=dev)
+    matcher = WeightMatcher(problem.spec, problem.state_b, device=problem.device)
     g = torch.Generator().manual_seed(opts.seed)
-
-    data = problem.data
-    score_set = data.sample(opts.eval_samples, seed=opts.seed)
-    if opts.holdout > 0:
-        from ..data.mergedata import MergeData
-
-        train_parts, score_parts = [], []
-        for s in data.sources:
-            n_hold = int(len(s) * opts.holdout)
-            order = torch.randperm(len(s), generator=g)
-            if n_hold < 1 or len(s) - n_hold < 1:
-                raise AlignmentError(f"merge source {s.name} is too small for holdout {opts.holdout}")
-            score_parts.append(s.subset(order[:n_hold]))
-            train_parts.append(s.subset(order[n_hold:]))
-        data = MergeData(tuple(train_parts))
-        score_set = MergeData(tuple(score_parts)).sample(opts.eval_samples, seed=opts.seed)
-
+    data, score_set = _split_holdout(problem.data, opts, g)
     opts, budget = ste_budget(opts, data)  # unset steps / lr / batch size from the data size
     budget.announce()
-    total = budget.steps
-    assert opts.lr is not None and opts.batch_size is not None
-    batch_size = opts.batch_size
-
-    proxy = {n: state_a[n].detach().clone().requires_grad_(True) for n in param_names}
-    params = list(proxy.values())
-    optim: torch.optim.Optimizer = (
-        torch.optim.Adam(params, lr=opts.lr, weight_decay=opts.weight_decay)
-        if opts.optimizer == "adam"
-        else torch.optim.SGD(params, lr=opts.lr, momentum=opts.momentum, weight_decay=opts.weight_decay)
-    )
-    lam = opts.lam
-    buffers = {k: v for k, v in state_a.items() if k not in proxy}
-    a_part = {n: (1 - lam) * state_a[n] for n in param_names}  # the same every step
+    assert opts.batch_size is not None
 
     def project(init: Permutation | None, sweeps: int) -> Permutation:
-        perm, _ = matcher.match({k: v.detach() for k, v in proxy.items()}, init=init, max_iter=sweeps, generator=g)
-        return perm
-
-    permuted_b: dict[str, tuple[tuple[bytes, ...], torch.Tensor]] = {}
-
-    def permute_b(perm: Permutation) -> dict[str, torch.Tensor]:
-        """``apply_permutation(spec, perm, state_b)``, reusing tensors whose groups did not move."""
-        out, on_dev = {}, None
-        for k, v in state_b.items():
-            key = tuple(perm[g].numpy().tobytes() for _, g, _ in spec.by_param.get(k, ()))
-            hit = permuted_b.get(k)
-            if hit is None or hit[0] != key:
-                on_dev = on_dev or {g: p.to(dev) for g, p in perm.items()}
-                hit = permuted_b[k] = (key, permute_param(spec, k, v, on_dev))
-            out[k] = hit[1]
-        return out
-
-    def merged_params(perm: Permutation, straight_through: bool) -> dict[str, torch.Tensor]:
-        pb = permute_b(perm)
-        out = {}
-        for n in param_names:
-            # the forward value is (1 - lam) A + lam pi(B); straight through, the proxy gets lam * grad
-            out[n] = (
-                _StraightThrough.apply(proxy[n], a_part[n], pb[n], lam) if straight_through else a_part[n] + lam * pb[n]
-            )
-        for k in buffers:
-            out[k] = pb[k].clone() if not pb[k].is_floating_point() else torch.lerp(state_a[k], pb[k], lam)
-        return out
-
-    @torch.no_grad()
-    def score(perm: Permutation) -> float:
-        # Train-mode forward so BatchNorm uses batch statistics (the merged model's running
-        # statistics are meaningless before a BN reset); buffers are copies, so none leak.
-        merged = merged_params(perm, straight_through=False)
-        loss_sum, n = 0.0, 0
-        model.train()
-        for x, y in score_set.batches(1000, device=dev):
-            loss_sum += float(F.cross_entropy(functional_call(model, merged, (x,)), y, reduction="sum"))
-            n += len(y)
-        return loss_sum / n
+        proxy = {k: v.detach() for k, v in merged.proxy.items()}
+        return matcher.match(proxy, init=init, max_iter=sweeps, generator=g)[0]
 
     t_wm = time.perf_counter()
     perm = project(None, 100)  # the proxy is A: the first projection is full weight matching
     wm_seconds = time.perf_counter() - t_wm
-    best_perm, best_loss, best_step = perm, score(perm), 0
-    initial_loss = best_loss
-    history: list[dict[str, float]] = [{"step": 0, "score_loss": best_loss}]
-    batches = data.balanced_batches(batch_size, g, device=dev, augment=opts.augment == "dsa")
-    proj_time = 0.0
-    last_scored: dict[str, torch.Tensor] | None = None
-    model.train()
+    best = _Best(perm, merged.score(perm, score_set))
+    best.history.append({"step": 0, "score_loss": best.loss})
+    initial_loss = best.loss
+    batches = data.balanced_batches(opts.batch_size, g, device=problem.device, augment=opts.augment == "dsa")
     t_loop = time.perf_counter()
-    with progress_bar(total, "STE", enabled=problem.progress) as bar:
+    proj_time = _train(merged, opts, budget.steps, project, batches, best, score_set, problem.progress)
+    loop = time.perf_counter() - t_loop
+    merged.model.eval()
+    total = budget.steps
+    return Alignment(
+        best.perm,
+        {
+            "seconds": time.perf_counter() - t_start,
+            "steps": total,
+            "seconds_per_step": loop / total,
+            "projection_seconds_per_step": proj_time / total,
+            "initial_wm_seconds": wm_seconds,
+            "score_loss_initial": initial_loss,
+            "score_loss_best": best.loss,
+            "best_step": best.step,
+            "scored_on": "held-out merge data" if opts.holdout > 0 else "merge data",
+            "assignment_backend": matcher.assignment_backend,
+            "assignment": matcher.solver_stats(),
+            "history": best.history,
+            "budget": budget.to_dict(),
+            "options": opts.model_dump(),
+        },
+    )
+
+
+def _train(
+    merged: _Merged,
+    opts: STEOptions,
+    total: int,
+    project: Callable[[Permutation | None, int], Permutation],
+    batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
+    best: _Best,
+    score_set: ImageSet,
+    progress: bool,
+) -> float:
+    """The STE loop: project, step the proxy through the merged loss, score every
+    ``eval_every`` steps (and the fully projected last one). Returns the projection seconds."""
+    params = list(merged.proxy.values())
+    optim = _optimizer(params, opts)
+    proj_time = 0.0
+    perm = best.perm
+    merged.model.train()
+    with progress_bar(total, "STE", enabled=progress) as bar:
         for step in range(1, total + 1):
             t0 = time.perf_counter()
             perm = project(perm, opts.wm_sweeps)
@@ -197,7 +271,7 @@ def ste_method(problem: AlignProblem, opts: STEOptions) -> Alignment:
             for group in optim.param_groups:
                 group["lr"] = _lr(opts, step - 1, total)
             x, y = next(batches)
-            loss = F.cross_entropy(functional_call(model, merged_params(perm, True), (x,)), y)
+            loss = merged.loss(perm, x, y)
             if not torch.isfinite(loss):
                 raise AlignmentError(f"STE diverged at step {step} (loss {loss.item()}); lower --opt lr")
             optim.zero_grad(set_to_none=True)
@@ -206,32 +280,6 @@ def ste_method(problem: AlignProblem, opts: STEOptions) -> Alignment:
             if not _finite(params):  # a finite loss, an infinite step
                 raise AlignmentError(f"STE diverged at step {step} (non-finite proxy weights); lower --opt lr")
             if step % opts.eval_every == 0 or step == total:
-                final = project(perm, 100) if step == total else perm
-                if last_scored is None or any(not torch.equal(final[k], last_scored[k]) for k in final):
-                    score_loss = score(final)
-                    last_scored = final
-                    history.append({"step": step, "score_loss": score_loss, "train_loss": loss.item()})
-                    if score_loss < best_loss:
-                        best_perm, best_loss, best_step = final, score_loss, step
-            bar.advance(loss=loss.item(), best=best_loss)
-    loop = time.perf_counter() - t_loop
-    model.eval()
-    return Alignment(
-        best_perm,
-        {
-            "seconds": time.perf_counter() - t_start,
-            "steps": total,
-            "seconds_per_step": loop / total,
-            "projection_seconds_per_step": proj_time / total,
-            "initial_wm_seconds": wm_seconds,
-            "score_loss_initial": initial_loss,
-            "score_loss_best": best_loss,
-            "best_step": best_step,
-            "scored_on": "held-out merge data" if opts.holdout > 0 else "merge data",
-            "assignment_backend": matcher.assignment_backend,
-            "assignment": matcher.solver_stats(),
-            "history": history,
-            "budget": budget.to_dict(),
-            "options": opts.model_dump(),
-        },
-    )
+                best.offer(project(perm, 100) if step == total else perm, step, merged, score_set, loss.item())
+            bar.advance(loss=loss.item(), best=best.loss)
+    return proj_time

@@ -7,6 +7,7 @@ take an equal share from every source, each source cycling through its own shuff
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -15,6 +16,7 @@ import torch
 from ..augment import default_augment
 from ..errors import DataError
 from .imageset import ImageSet, concat
+from .spec import load_dataset
 
 
 @dataclass(frozen=True)
@@ -94,3 +96,13 @@ class MergeData:
         """Steps for one pass over the largest source at the balanced share."""
         share = max(1, batch_size // len(self.sources))
         return max(1, -(-max(len(s) for s in self.sources) // share))
+
+
+def load_merge_data(
+    specs: Sequence[str] | None, *, data_root: str | os.PathLike[str] | None = None, seed: int = 0
+) -> MergeData | None:
+    """One source per spec (``mnist@10`` = 10 seeded training images per class); ``None``
+    for no specs (a method that needs no data)."""
+    if not specs:
+        return None
+    return MergeData(tuple(load_dataset(s, "train", data_root=data_root, seed=seed) for s in specs))

@@ -24,6 +24,7 @@ import functools
 import math
 import os
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -32,6 +33,7 @@ import torch
 from ..errors import DataError
 from . import locate, readers
 from .imageset import CIFAR10_NORM, ImageSet, Normalization
+from .kinds import KINDS, is_path_kind, register_kind
 from .transforms import LUMA, convert_images, rotate
 
 SPLITS = ("train", "test")
@@ -59,6 +61,7 @@ _SPEC_RE = re.compile(r"^(?P<base>[^\[@]+?)(?:\[(?P<classes>[^\]]*)\])?(?:@(?P<k
 MAX_SIDE = 1024  # a larger image side in a spec is a typo, not a dataset
 _SIZE_RE = re.compile(r"(\d+)x(\d+)")
 CHANNEL_WORDS = {"rgb": 3, "gray": 1, "grey": 1}
+_KIND_ORDER = {"npz": 0, "folder": 1, "reduced": 2}  # the order the error message lists them in
 
 
 @dataclass(frozen=True)
@@ -126,13 +129,14 @@ def parse_spec(spec: str | DatasetSpec) -> DatasetSpec:
         if not finite:
             raise DataError(f"rotated-mnist needs an angle in degrees, e.g. rotated-mnist:45 (got {spec!r})")
         base = f"rotated-mnist:{arg}"
-    elif kind in ("npz", "folder", "reduced") and arg:
+    elif is_path_kind(kind) and arg:
         base = f"{kind}:{arg}"
     else:
+        order = sorted(KINDS.names(), key=lambda k: _KIND_ORDER.get(k, len(_KIND_ORDER)))
+        paths = ", ".join(f"{k}:PATH" for k in order)
         raise DataError(
             f"unknown dataset {spec!r}; known: mnist, fashion-mnist, cifar10, mnist-5k, usps, "
-            "rotated-mnist:<deg>, npz:PATH, folder:PATH, reduced:PATH (with optional :HxW, :rgb/:gray, "
-            "[classes] and @K)"
+            f"rotated-mnist:<deg>, {paths} (with optional :HxW, :rgb/:gray, [classes] and @K)"
         )
     classes = _parse_classes(m.group("classes"), spec) if m.group("classes") is not None else None
     k = None
@@ -155,7 +159,7 @@ def _split_view(base: str, spec: str) -> tuple[str, tuple[int, int] | None, int 
         head, _, tok = base.rpartition(":")
         word = tok.strip().lower()
         kind, _, arg = head.partition(":")
-        if kind.lower() in ("npz", "folder", "reduced", "rotated-mnist") and not arg:
+        if (is_path_kind(kind.lower()) or kind.lower() == "rotated-mnist") and not arg:
             break  # the token is that kind's argument, not a view
         m = _SIZE_RE.fullmatch(word)
         if (m and size is not None) or (word in CHANNEL_WORDS and channels is not None):
@@ -209,19 +213,18 @@ def _load_base(base: str, split: str, data_root: str | None) -> ImageSet:
         src = _load_base("mnist", split, data_root)
         deg = float(arg)
         return replace(src, images=rotate(src.images, deg), name=f"rotated-mnist:{arg}")
-    if kind == "npz":
-        return _load_npz(arg, split)
-    if kind == "folder":
-        root = Path(arg)
-        # one class-name -> id table for train/ and test/ parts (either may lack a class)
-        subs = [root / s for s in SPLITS] if all((root / s).is_dir() for s in SPLITS) else [root]
-        names = tuple(sorted({d.name for r in subs if r.is_dir() for d in r.iterdir() if d.is_dir()}))
-        return _load_user(root, split, lambda p: readers.read_folder(p, classes=names or None)[:2])
-    if kind == "reduced":
-        from ..reduce.reduced_set import load_reduced  # late import: reduce builds on data
-
-        return load_reduced(Path(arg))
+    if is_path_kind(kind):
+        return KINDS.get(kind).load(arg, split)
     raise DataError(f"unknown dataset {base!r}")
+
+
+@register_kind("folder", summary="an image folder: one sub-folder per class (optionally train/ and test/)")
+def _load_folder(arg: str, split: str) -> ImageSet:
+    root = Path(arg)
+    # one class-name -> id table for train/ and test/ parts (either may lack a class)
+    subs = [root / s for s in SPLITS] if all((root / s).is_dir() for s in SPLITS) else [root]
+    names = tuple(sorted({d.name for r in subs if r.is_dir() for d in r.iterdir() if d.is_dir()}))
+    return _load_user(root, split, lambda p: readers.read_folder(p, classes=names or None)[:2])
 
 
 def npz_candidates(arg: str) -> tuple[dict[str, Path], list[Path]]:
@@ -234,6 +237,7 @@ def npz_candidates(arg: str) -> tuple[dict[str, Path], list[Path]]:
     return parts, combined
 
 
+@register_kind("npz", summary="a .npz of images and labels (or PATH_train.npz + PATH_test.npz)")
 def _load_npz(arg: str, split: str) -> ImageSet:
     """``PATH_train.npz`` + ``PATH_test.npz`` if both exist; else one combined file split 80/20
     (stratified); else the one split file that exists, for its own split."""
@@ -342,3 +346,36 @@ def convert(data: ImageSet, size: tuple[int, int] | None, channels: int | None) 
             (sum(w * v for w, v in zip(LUMA, norm.std, strict=True)),),
         )
     return replace(data, images=images, normalization=norm)
+
+
+def test_spec(train_spec: str) -> str:
+    """The test set that goes with a training spec: same dataset and classes, no ``@K``; for a
+    set derived from another (a reduced set), its source's test set, with the set's views."""
+    s = parse_spec(train_spec)
+    kind = KINDS.get(s.kind) if is_path_kind(s.kind) else None
+    if kind is not None and kind.source is not None:
+        src = kind.source(s.base.split(":", 1)[1])
+        t = parse_spec(test_spec(src))  # a size / channel view of the set applies to its test set too
+        return str(replace(t, size=s.size or t.size, channels=s.channels or t.channels))
+    return str(s.without_sampling())
+
+
+def test_sets(specs: Sequence[str], data_root: str | os.PathLike[str] | None = None) -> list[ImageSet]:
+    """The test split of each training spec (:func:`test_spec`)."""
+    return [load_dataset(test_spec(s), "test", data_root=data_root) for s in specs]
+
+
+def input_paths(specs: Iterable[str]) -> list[str]:
+    """Files and folders named by dataset specs (``npz:``, ``folder:``, ``reduced:``): inputs
+    that an ``--out`` must not overwrite. A spec that does not parse names none (its error
+    comes when the data is loaded)."""
+    out = []
+    for text in specs:
+        try:
+            base = parse_spec(text).base
+        except DataError:
+            continue
+        kind, _, arg = base.partition(":")
+        if is_path_kind(kind) and arg:
+            out.append(arg)
+    return out

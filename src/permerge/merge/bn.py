@@ -22,6 +22,12 @@ def has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, _BN) for m in model.modules())
 
 
+def default_bn_reset(model: nn.Module, has_data: bool) -> bool:
+    """``--bn-reset`` left unset: reset BatchNorm statistics whenever the model has BN and merge
+    data is given (a BN model averaged without it is broken). The one place this rule lives."""
+    return has_data and has_batchnorm(model)
+
+
 @torch.no_grad()
 def reset_bn(
     model: nn.Module,

@@ -13,33 +13,56 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from torch import nn
 
 from ..align import AlignProblem, get_method
 from ..align.registry import available as align_methods
+from ..align.registry import with_seed
 from ..checkpoint import Checkpoint, check_compatible
 from ..data.mergedata import MergeData
-from ..errors import PermergeError
+from ..errors import PermergeError, first_error
 from ..models import ModelConfig
-from ..permutation.fx import derive_spec
 from ..permutation.spec import Permutation, PermutationSpec, apply_permutation
-from .bn import has_batchnorm, repair, reset_bn
+from .bn import default_bn_reset, has_batchnorm, repair, reset_bn
 from .distill import DistillOptions, distill
 from .ensemble import OutputEnsemble
 from .lerp import lerp_models
 from .methods import mergers
 from .size import size_vs_source
+from .spec import spec_for
 
 # Methods that align nothing: plain averaging, the output ensemble (both models, 2x compute)
 # and "source", model A unchanged: the start of the "distil both teachers into one source
-# model" baseline, which tells what merging itself is worth next to a finisher.
-BASELINES = ("average", "ensemble", "source")
+# model" baseline, which tells what merging itself is worth next to a finisher. The one list
+# of them (with the summaries ``permerge methods`` prints).
+BASELINES = {
+    "average": "plain weight averaging (no alignment)",
+    "ensemble": "average of output probabilities",
+    "source": "model A unchanged (the start of a no-merge baseline)",
+}
 FINISHERS = ("none", "kd")
 
 
 def methods() -> list[str]:
     return [*BASELINES, *align_methods(), *mergers()]
+
+
+def options_class(method: str) -> type[BaseModel] | None:
+    """The options class of a registered alignment method or merger; None for a baseline or
+    an unknown name (reported where the method is looked up)."""
+    if method in mergers():
+        return mergers()[method].options
+    if method in BASELINES or method not in align_methods():
+        return None
+    return get_method(method).options
+
+
+def seeded(method: str, options: dict[str, Any] | None, seed: int | None) -> dict[str, Any] | None:
+    """``options`` for ``method`` with the run's ``seed`` added when the method has a ``seed``
+    option the caller left unset; baselines and unknown names pass through unchanged."""
+    cls = options_class(method)
+    return options if cls is None else with_seed(cls, options, seed)
 
 
 @dataclass
@@ -51,10 +74,6 @@ class MergeResult:
     spec: PermutationSpec | None = None
     info: dict[str, Any] = field(default_factory=dict)
     config: ModelConfig | None = None  # set when the merged model is not A's architecture (wider)
-
-
-def spec_for(ckpt: Checkpoint) -> PermutationSpec:
-    return derive_spec(ckpt.model, torch.zeros(1, *ckpt.config.in_shape))
 
 
 def align(
@@ -144,18 +163,25 @@ def merge_models(
     finetune_options: dict[str, Any] | None = None,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    seed: int | None = None,
 ) -> MergeResult:
     """Merge B into A. ``lam="auto"`` picks lam in {0, 0.05, ..., 1} by merge-data loss.
+
+    ``seed`` (the run's ``--seed``) seeds every seeded part whose options leave ``seed`` unset:
+    the method (wm, am, ste, pleas, zipit) and the finisher.
 
     ``bn_reset=None`` means: reset BatchNorm statistics whenever the model has BN and merge
     data is given (a BN model averaged without it is broken). ``finetune="kd"`` then distils
     both source models into the merged one on the merge data (:mod:`.distill`).
     """
     _check_request(method, lam, data)
+    options = seeded(method, options, seed)
+    if finetune != "none":
+        finetune_options = with_seed(DistillOptions, finetune_options, seed)
     ft_opts = _finetune_options(finetune, finetune_options, method, data)
     check_compatible(a, b)
     if bn_reset is None:
-        bn_reset = data is not None and has_batchnorm(a.model)
+        bn_reset = default_bn_reset(a.model, data is not None)
     if bn_reset and data is None:
         raise PermergeError("--bn-reset needs merge data (--data)")
     t0 = time.perf_counter()
@@ -275,5 +301,5 @@ def _finetune_options(
     try:
         return DistillOptions(**(options or {}))
     except ValidationError as e:
-        err = e.errors()[0]
-        raise PermergeError(f"invalid --ft-opt {'.'.join(map(str, err['loc']))!r}: {err['msg']}") from None
+        where, msg = first_error(e)
+        raise PermergeError(f"invalid --ft-opt {where!r}: {msg}") from None

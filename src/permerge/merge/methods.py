@@ -16,12 +16,14 @@ import torch
 from pydantic import BaseModel
 from torch import nn
 
-from ..align.registry import parse_options
+from ..align.registry import MergeMethod
 from ..checkpoint import Checkpoint
 from ..data.mergedata import MergeData
 from ..errors import PermergeError
 from ..models import ModelConfig
 from ..permutation.spec import Permutation, PermutationSpec
+from ..registry import Registry
+from .spec import spec_for
 
 
 @dataclass
@@ -36,44 +38,32 @@ class MergerResult:
 MergerFn = Callable[[Checkpoint, Checkpoint, MergeData | None, Any, torch.device, bool], MergerResult]
 
 
-@dataclass(frozen=True)
-class Merger:
-    name: str
-    fn: MergerFn
-    options: type[BaseModel]
-    needs_data: bool
-    summary: str
-
-    def parse_options(self, values: dict[str, Any] | None) -> BaseModel:
-        return parse_options(self.options, values, self.name)
+Merger = MergeMethod[MergerFn]
 
 
 def merger_spec(a: Checkpoint, method: str) -> PermutationSpec:
     """A's fx-derived spec, refused without activation probes (mergers match units by activations)."""
-    from .core import spec_for  # core imports this module; the import is one-way at call time
-
     spec = spec_for(a)
     if not spec.probes:
         raise PermergeError(f"{method} matches units by activations: the model's spec has no probes")
     return spec
 
 
-_MERGERS: dict[str, Merger] = {}
+MERGERS: Registry[Merger] = Registry("merge method", package=__name__.rsplit(".", 1)[0])
 
 
 def register_merger(
     name: str, options: type[BaseModel], *, needs_data: bool, summary: str
 ) -> Callable[[MergerFn], MergerFn]:
+    """``@register_merger("pleas", PleasOptions, needs_data=True, summary=...)``; the modules of
+    ``permerge.merge`` are imported on first lookup, so a new file is enough."""
+
     def deco(fn: MergerFn) -> MergerFn:
-        if name in _MERGERS:
-            raise PermergeError(f"merge method {name!r} is registered twice")
-        _MERGERS[name] = Merger(name, fn, options, needs_data, summary)
+        MERGERS.add(name, Merger(name, fn, options, needs_data, summary), source=fn)
         return fn
 
     return deco
 
 
 def mergers() -> dict[str, Merger]:
-    from . import pleas, zipit  # noqa: F401  (register themselves)
-
-    return dict(sorted(_MERGERS.items()))
+    return MERGERS.items()

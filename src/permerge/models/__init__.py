@@ -28,7 +28,7 @@ def check_size(config: ModelConfig, copies: int = 1) -> int:
 
 def model_config_for(arch: str, in_shape: tuple[int, int, int], **kwargs: object) -> ModelConfig:
     """Config for ``arch`` on inputs of ``in_shape``; ``mlp:256x256`` style hidden widths accepted."""
-    from ..errors import ModelError
+    from ..errors import ModelError, first_error
 
     name, _, extra = arch.partition(":")
     fields: dict[str, object] = dict(kwargs)
@@ -48,6 +48,5 @@ def model_config_for(arch: str, in_shape: tuple[int, int, int], **kwargs: object
     try:
         return ModelConfig(arch=name, in_shape=in_shape, **fields)
     except ValidationError as e:  # pydantic's own text spans several lines; the CLI prints one
-        err = e.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        raise ModelError(f"invalid model config for {arch!r}: {where}: {err['msg']}") from None
+        where, msg = first_error(e)
+        raise ModelError(f"invalid model config for {arch!r}: {where}: {msg}") from None

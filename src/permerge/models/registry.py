@@ -1,4 +1,7 @@
-"""Architecture registry: ``@register("name")`` on a builder ``(ModelConfig) -> nn.Module``."""
+"""Architecture registry: ``@register("name")`` on a builder ``(ModelConfig) -> nn.Module``.
+
+The modules of ``permerge.models`` are imported on first lookup, so an architecture is one file.
+"""
 
 from __future__ import annotations
 
@@ -7,25 +10,20 @@ from collections.abc import Callable
 from torch import nn
 
 from ..errors import ModelError
+from ..registry import Registry
 from .config import ModelConfig
 
 Builder = Callable[[ModelConfig], nn.Module]
-_BUILDERS: dict[str, Builder] = {}
+BUILDERS: Registry[Builder] = Registry("model", package=__name__.rsplit(".", 1)[0], error=ModelError)
 
 
 def register(name: str) -> Callable[[Builder], Builder]:
-    def deco(fn: Builder) -> Builder:
-        _BUILDERS[name] = fn
-        return fn
-
-    return deco
+    return BUILDERS.register(name)
 
 
 def available() -> list[str]:
-    return sorted(_BUILDERS)
+    return BUILDERS.names()
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:
-    if cfg.arch not in _BUILDERS:
-        raise ModelError(f"unknown model {cfg.arch!r}; known: {', '.join(available())}")
-    return _BUILDERS[cfg.arch](cfg)
+    return BUILDERS.get(cfg.arch)(cfg)

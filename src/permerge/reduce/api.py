@@ -12,8 +12,9 @@ import torch
 from torch import nn
 
 from .._limits import check_seed
-from .._outdir import check_output_file, data_paths
+from .._outdir import check_output_file
 from ..data import ImageSet, load_dataset
+from ..data.spec import input_paths
 from ..errors import DataError, DivergedError, ModelError, PermergeError
 from .condense import reinit_factory
 from .reduced_set import ReducedSet, sidecar
@@ -76,7 +77,7 @@ def reduce_dataset(
     ``model`` gives coreset methods their feature space / scores (a trained checkpoint) and
     condensation methods their matching architecture (a checkpoint's architecture, freshly
     initialised each iteration, or an architecture spec such as ``mlp``). ``options`` are the
-    method's hyperparameters (see ``available_methods()[name].defaults()``). Deterministic for
+    method's hyperparameters (fields of ``available_methods()[name].options``). Deterministic for
     a given seed on a given device. With ``out`` the set is also saved (plus ``.json`` and
     ``.png``).
     """
@@ -84,9 +85,9 @@ def reduce_dataset(
     if isinstance(ipc, bool) or not isinstance(ipc, int) or ipc < 1:
         raise PermergeError(f"images per class must be a positive integer, got {ipc!r}")
     check_seed(seed)
-    hyper = m.resolve(options)
+    opts = m.resolve(options)
     if out is not None:  # before the work: a bad destination must not cost a condensation run
-        inputs = [] if isinstance(dataset, ImageSet) else data_paths([dataset])
+        inputs = [] if isinstance(dataset, ImageSet) else input_paths([dataset])
         check_output_file(out, sidecars=(sidecar(Path(out), ".json"), sidecar(Path(out), ".png")),
                           inputs=inputs, force=force)  # fmt: skip
     if isinstance(dataset, ImageSet):
@@ -100,8 +101,8 @@ def reduce_dataset(
     trained, factory, model_name = _resolve_model(model, data)
     if m.kind == "coreset" and model is not None and trained is None:
         raise ModelError(f"{m.name}: --model must be a trained checkpoint, got {model!r} (no such file)")
-    if m.kind == "condensation" and model is not None and trained is None:
-        hyper["net"] = model_name if hyper.get("net", "auto") == "auto" else hyper["net"]
+    if m.kind == "condensation" and model is not None and trained is None and getattr(opts, "net", None) == "auto":
+        opts = opts.model_copy(update={"net": model_name})  # condense with the named architecture
     dev = torch.device(device)
     ctx = ReduceContext(
         data=data,
@@ -116,41 +117,55 @@ def reduce_dataset(
         net_name=model_name,
     )
     t0 = time.perf_counter()
-    result = m.fn(ctx, **hyper)
+    result = m.fn(ctx, opts)
     wall = time.perf_counter() - t0
     images = result.images.detach().float().cpu().clamp(0.0, 1.0).contiguous()
     if not bool(torch.isfinite(images).all()):
         raise DivergedError(f"{m.name}: produced non-finite images")
-    info = dict(result.info)
-    meta: dict[str, Any] = {
-        "method": m.name,
-        "kind": m.kind,
-        "ipc": ipc,
-        "seed": int(seed),
-        "source": source,
-        "source_name": data.name,
-        "source_size": len(data),
-        "model": None if model is None else (model_name if isinstance(model, nn.Module) else str(model)),
-        "hyperparameters": hyper,
-        "normalization": data.normalization.to_dict(),
-        "image_shape": list(data.image_shape),
-        "num_classes": data.num_classes,
-        "class_names": list(data.class_names),
-        "classes": classes,
-        "wall_time_s": round(wall, 3),
-        "device": str(dev),
-        "torch": torch.__version__,
-        "host": platform.node(),
-        "threads": torch.get_num_threads(),
-        "info": info,
-    }
+    model_text = None if model is None else (model_name if isinstance(model, nn.Module) else str(model))
     rs = ReducedSet(
         images=images,
         labels=result.labels.long().cpu(),
-        meta=meta,
+        meta=_meta(ctx, m.name, m.kind, source, model_text, opts.model_dump(), wall, dict(result.info)),
         source_indices=None if result.source_indices is None else result.source_indices.long().cpu(),
         weights=result.weights,
     )
     if out is not None:
         rs.save(out)
     return rs
+
+
+def _meta(
+    ctx: ReduceContext,
+    method: str,
+    kind: str,
+    source: str,
+    model: str | None,
+    hyper: dict[str, Any],
+    wall: float,
+    info: dict[str, Any],
+) -> dict[str, Any]:
+    """What a reduced set records about how it was made (its ``.json`` sidecar)."""
+    data = ctx.data
+    return {
+        "method": method,
+        "kind": kind,
+        "ipc": ctx.ipc,
+        "seed": ctx.seed,
+        "source": source,
+        "source_name": data.name,
+        "source_size": len(data),
+        "model": model,
+        "hyperparameters": hyper,
+        "normalization": data.normalization.to_dict(),
+        "image_shape": list(data.image_shape),
+        "num_classes": data.num_classes,
+        "class_names": list(data.class_names),
+        "classes": ctx.classes,
+        "wall_time_s": round(wall, 3),
+        "device": str(ctx.device),
+        "torch": torch.__version__,
+        "host": platform.node(),
+        "threads": torch.get_num_threads(),
+        "info": info,
+    }

@@ -26,6 +26,7 @@ from safetensors.torch import save_file
 from .._io import atomic_path, dumps
 from .._outdir import reason
 from ..data import ImageSet, Normalization
+from ..data.kinds import register_kind
 from ..errors import DataError
 
 FORMAT = "permerge.reduced/1"
@@ -186,6 +187,20 @@ def load_reduced(path: Path) -> ImageSet:
         return rs.to_imageset(name=f"reduced:{Path(path).name}")
     except DataError as e:
         raise _fail(Path(path), str(e)) from None
+
+
+def _source_of(arg: str) -> str:
+    src = load_reduced(Path(arg)).meta.get("source")
+    if not src:
+        raise DataError(f"reduced:{arg}: reduced set does not record its source dataset")
+    return str(src)
+
+
+@register_kind("reduced", summary="a reduced set saved by permerge reduce", source=_source_of)
+def _load_kind(arg: str, split: str) -> ImageSet:
+    """Both splits of ``reduced:PATH`` are the set itself; its test set is its source's
+    (:func:`permerge.data.spec.test_spec`)."""
+    return load_reduced(Path(arg))
 
 
 def save_grid(rs: ReducedSet, path: Path, max_per_class: int = 10, atomic: bool = True) -> None:

@@ -1,27 +1,26 @@
-"""Method registry: ``@register_method("name", kind=...)`` on ``fn(ctx, **options)``.
+"""Method registry: ``@register_method("name", Options, kind=...)`` on ``fn(ctx, opts)``.
 
-A method is one function in one file under ``reduce/methods/``; the files there are
-imported automatically, so adding a method never touches anything else. Its keyword-only
-parameters *are* its hyperparameters: their defaults are the documented settings, unknown
-options are rejected by name, and the resolved values are recorded in the output metadata
-so every reduced set says exactly how it was made.
+A method is one function in one file under ``reduce/methods/`` with a frozen pydantic options
+class (subclass :class:`ReduceOptions`; DSA's extends DC's); the files there are imported
+automatically, so adding a method never touches anything else. The options' defaults are the
+documented settings, unknown options are rejected by name, and the resolved values are
+recorded in the output metadata so every reduced set says exactly how it was made.
 """
 
 from __future__ import annotations
 
-import inspect
 import math
-import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 from torch import nn
 
 from ..data import ImageSet
-from ..errors import PermergeError
+from ..errors import PermergeError, first_error
+from ..registry import Registry, summary_of
 
 Kind = Literal["coreset", "condensation"]
 
@@ -56,7 +55,17 @@ class MethodResult:
     info: dict[str, Any] = field(default_factory=dict)  # e.g. loss history, feature source
 
 
-MethodFn = Callable[..., MethodResult]
+class ReduceOptions(BaseModel):
+    """Base of every reduction method's options: frozen, unknown names refused.
+
+    Validation happens in :meth:`Method.resolve` (one line per bad value, and the range rules
+    of :func:`_check_option`), so fields need no ``Field(ge=...)`` constraints of their own.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+MethodFn = Callable[[ReduceContext, Any], MethodResult]
 
 
 @dataclass(frozen=True)
@@ -64,20 +73,20 @@ class Method:
     name: str
     kind: Kind
     fn: MethodFn
+    options: type[ReduceOptions]
     summary: str
+
+    @property
+    def needs_data(self) -> bool:
+        return True  # a reduction always reads its source dataset
 
     def defaults(self) -> dict[str, Any]:
         """The method's hyperparameters with their default values."""
-        sig = inspect.signature(self.fn)
-        return {
-            n: p.default
-            for n, p in sig.parameters.items()
-            if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is not inspect.Parameter.empty
-        }
+        return {n: f.default for n, f in self.options.model_fields.items()}
 
-    def resolve(self, options: dict[str, Any]) -> dict[str, Any]:
+    def resolve(self, options: dict[str, Any]) -> ReduceOptions:
         """Defaults overridden by ``options``; an unknown option name or a value that does not
-        fit the parameter's annotation is a user error (``--opt lr_img=abc`` must not reach
+        fit the field's annotation is a user error (``--opt lr_img=abc`` must not reach
         the optimiser)."""
         known = self.defaults()
         unknown = sorted(set(options) - set(known))
@@ -86,9 +95,15 @@ class Method:
                 f"method {self.name!r} has no option(s) {', '.join(unknown)}; "
                 f"known: {', '.join(sorted(known)) or '(none)'}"
             )
-        hints = typing.get_type_hints(self.fn)
-        checked = {k: _check_option(self.name, k, v, hints.get(k, Any), known[k]) for k, v in options.items()}
-        return {**known, **checked}
+        fields = self.options.model_fields
+        checked = {k: _check_option(self.name, k, v, fields[k].annotation, known[k]) for k, v in options.items()}
+        try:
+            return self.options.model_validate({**known, **checked})
+        except ValidationError as e:  # a cross-field rule of the options class
+            where, msg = first_error(e)
+            raise PermergeError(
+                f"invalid options for method {self.name!r}: {where + ': ' if where else ''}{msg}"
+            ) from None
 
 
 def _check_option(method: str, name: str, value: Any, hint: Any, default: Any) -> Any:
@@ -102,7 +117,7 @@ def _check_option(method: str, name: str, value: Any, hint: Any, default: Any) -
     try:
         v = TypeAdapter(hint).validate_python(value)
     except ValidationError as e:
-        raise bad(e.errors()[0]["msg"]) from None
+        raise bad(first_error(e)[1]) from None
     if isinstance(value, bool) and not isinstance(v, bool):
         raise bad("expected a number, got a boolean")
     if isinstance(v, bool) or not isinstance(v, int | float):
@@ -114,39 +129,27 @@ def _check_option(method: str, name: str, value: Any, hint: Any, default: Any) -
     return v
 
 
-_METHODS: dict[str, Method] = {}
+METHODS: Registry[Method] = Registry("reduction method", package=f"{__package__}.methods")
 
 
-def register_method(name: str, *, kind: Kind) -> Callable[[MethodFn], MethodFn]:
-    """Register ``fn(ctx: ReduceContext, *, option=default, ...) -> MethodResult``."""
+def register_method(
+    name: str, options: type[ReduceOptions] = ReduceOptions, *, kind: Kind, summary: str | None = None
+) -> Callable[[MethodFn], MethodFn]:
+    """Register ``fn(ctx: ReduceContext, opts: Options) -> MethodResult``; ``summary`` defaults
+    to the first line of ``fn``'s docstring."""
 
     def deco(fn: MethodFn) -> MethodFn:
-        doc = (fn.__doc__ or "").strip().splitlines()
-        _METHODS[name] = Method(name=name, kind=kind, fn=fn, summary=doc[0] if doc else "")
+        entry = Method(name=name, kind=kind, fn=fn, options=options, summary=summary or summary_of(fn))
+        METHODS.add(name, entry, source=fn)
         return fn
 
     return deco
 
 
-def _load_builtin() -> None:
-    import importlib
-    import pkgutil
-
-    from . import methods
-
-    for mod in pkgutil.iter_modules(methods.__path__):
-        importlib.import_module(f"{methods.__name__}.{mod.name}")
-
-
 def available_methods() -> dict[str, Method]:
     """All registered methods by name (built-in ones are imported on first use)."""
-    _load_builtin()
-    return dict(sorted(_METHODS.items()))
+    return METHODS.items()
 
 
 def get_method(name: str) -> Method:
-    methods = available_methods()
-    key = name.strip().lower()
-    if key not in methods:
-        raise PermergeError(f"unknown reduction method {name!r}; known: {', '.join(methods)}")
-    return methods[key]
+    return METHODS.get(name.strip().lower())

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from .._limits import MAX_SEED, MAX_SEEDS
-from ..errors import ConfigError
+from ..errors import ConfigError, first_error
 from ..merge.distill import DistillOptions
 from ..train import TrainConfig
 
@@ -43,6 +43,22 @@ class ReduceGrid(_Frozen):
             raise ValueError("images per class must be >= 1")
         return v
 
+    @field_validator("options")
+    @classmethod
+    def _options_valid(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """Each method's options checked when the config loads, not when its first run starts."""
+        from ..errors import PermergeError
+        from ..reduce import get_method
+
+        for method, opts in v.items():
+            try:
+                get_method(method).resolve(opts)
+            except PermergeError as e:  # reported at reduce.options.<method>
+                raise ValidationError.from_exception_data(
+                    "ReduceGrid", [{"type": "value_error", "loc": (method,), "input": opts, "ctx": {"error": str(e)}}]
+                ) from None
+        return v
+
 
 class MergeEntry(_Frozen):
     """One merge method, run on each kind of merge data listed in ``data``."""
@@ -57,12 +73,33 @@ class MergeEntry(_Frozen):
     finetune: Literal["none", "kd"] = Field("none", description="finisher after the merge (kd: distillation)")
     finetune_options: dict[str, Any] = Field(default_factory=dict, description="options of the finisher")
 
+    @field_validator("options", "reduced_options")
+    @classmethod
+    def _method_options(cls, v: dict[str, Any] | None, info: ValidationInfo) -> dict[str, Any] | None:
+        """The method's own options class checks them when the config loads (an unknown method
+        is reported by the experiment's check)."""
+        from ..merge.core import BASELINES, options_class
+
+        method = info.data.get("method", "")
+        options = options_class(method)
+        if v and method in BASELINES:
+            raise ValueError(f"method {method} takes no options")
+        if v and options is not None:
+            options.model_validate(v)  # its errors keep their field's path
+        return v
+
+    @field_validator("finetune_options")
+    @classmethod
+    def _finisher_options(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        if info.data.get("finetune", "none") != "none":
+            DistillOptions.model_validate(v)  # bad options fail when the config loads, with their path
+        return v
+
     @model_validator(mode="after")
     def _finisher(self) -> MergeEntry:
         if self.finetune != "none":
             if "none" in self.data:
                 raise ValueError("a finisher distils on merge data: 'none' cannot be in data")
-            DistillOptions(**self.finetune_options)  # bad options fail when the config loads
         elif self.finetune_options:
             raise ValueError("finetune_options given without finetune")
         return self
@@ -204,6 +241,5 @@ def load_experiment(name_or_path: str | Path, *, quick: bool = False) -> Experim
     try:
         return ExperimentConfig.model_validate(raw)
     except ValidationError as e:
-        err = e.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "config"
-        raise ConfigError(f"{name_or_path}: invalid field {where!r}: {err['msg']}") from None
+        where, msg = first_error(e)
+        raise ConfigError(f"{name_or_path}: invalid field {where or 'config'!r}: {msg}") from None

@@ -16,6 +16,7 @@ from dataclasses import replace
 from typing import Any, Protocol
 
 from ..errors import PermergeError
+from ..registry import Registry
 from .tasks import RunContext, Task, execute
 
 OnResult = Callable[[Task, dict[str, Any]], None]
@@ -31,28 +32,28 @@ class Executor(Protocol):
     def close(self, abort: bool = False) -> None: ...
 
 
-_EXECUTORS: dict[str, Callable[..., Executor]] = {}
+EXECUTORS: Registry[Callable[..., Executor]] = Registry("executor")
+# registered by its module on first use: importing it needs the optional ``ray`` extra
+_LAZY = {"ray": f"{__package__}.ray_executor"}
 
 
 def register_executor(name: str) -> Callable[[Callable[..., Executor]], Callable[..., Executor]]:
-    def deco(factory: Callable[..., Executor]) -> Callable[..., Executor]:
-        _EXECUTORS[name] = factory
-        return factory
-
-    return deco
+    return EXECUTORS.register(name)
 
 
 def check_executor(name: str) -> None:
     """An unknown executor name is refused before anything is written (or Ray imported)."""
-    if name not in {*_EXECUTORS, "ray"}:
-        raise PermergeError(f"unknown executor {name!r}; known: {', '.join(sorted({*_EXECUTORS, 'ray'}))}")
+    if name not in EXECUTORS and name not in _LAZY:
+        raise PermergeError(f"unknown executor {name!r}; known: {', '.join(sorted({*EXECUTORS.names(), *_LAZY}))}")
 
 
 def get_executor(name: str, **kwargs: Any) -> Executor:
     check_executor(name)
-    if name == "ray" and "ray" not in _EXECUTORS:
-        from . import ray_executor  # noqa: F401  (registers itself; needs the optional extra)
-    return _EXECUTORS[name](**kwargs)
+    if name not in EXECUTORS:
+        import importlib
+
+        importlib.import_module(_LAZY[name])  # registers itself
+    return EXECUTORS.get(name)(**kwargs)
 
 
 _PR_SET_PDEATHSIG = 1

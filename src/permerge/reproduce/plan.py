@@ -3,7 +3,8 @@
 Stage 1 trains the source models (and the joint upper bound); stage 2 reduces each source
 dataset with each method (coresets read features from that dataset's source model); stage 3
 merges and evaluates. Every row of the final table comes from exactly one stage-3 task (or
-the joint training task) and carries its ``row`` description.
+the joint training task) and carries its ``row`` description. The parameters of each task
+are the typed classes of :mod:`.params`, which the runners in :mod:`.tasks` read back.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from typing import Any
 
 from ..data import parse_spec
 from ..reduce import available_methods
-from .config import ExperimentConfig
+from .config import DataKind, ExperimentConfig, MergeEntry
+from .params import EvaluateParams, MergeParams, ReduceParams, TaskParams, TrainParams, reduced_ref
 from .tasks import Task
 
 
@@ -28,125 +30,155 @@ class Plan:
         return [t for s in self.stages for t in s]
 
 
+@dataclass(frozen=True)
+class MergeDataChoice:
+    """One kind of merge data of a pair: what a merge task is given, and what it waits for."""
+
+    kind: DataKind
+    specs: list[str]  # [A's, B's] dataset specs (or reduced-task refs); empty for none
+    deps: tuple[str, ...] = ()  # reduce task keys
+    ipc: int | None = None
+
+
+def task(params: TaskParams, *, deps: tuple[str, ...] = (), label: str = "") -> Task:
+    """The task of typed ``params`` (its key hashes ``params.to_dict()``)."""
+    return Task(params.kind, params.to_dict(), deps=deps, label=label)
+
+
 def _full_spec(spec: str, per_class: int | None) -> str:
     base = str(parse_spec(spec).without_sampling())
     return f"{base}@{per_class}" if per_class else base
 
 
-def make_plan(cfg: ExperimentConfig) -> Plan:
-    plan = Plan(cfg)
-    train_opts = dict(cfg.train)
-    trains: dict[str, Task] = {}
-    reduces: dict[str, Task] = {}
-    finals: dict[str, Task] = {}
+@dataclass
+class _Builder:
+    """The plan under construction: tasks of each stage by key (a task planned twice is one)."""
 
-    def train_task(datasets: list[str], seed: int, opts: dict[str, Any], eval_on: list[str] | None, label: str) -> Task:
-        params: dict[str, Any] = {"datasets": datasets, "model": cfg.model, "seed": seed, "train": opts}
-        if eval_on:
-            params["eval"] = eval_on
-        t = Task("train", params, label=label)
-        trains.setdefault(t.key, t)
+    cfg: ExperimentConfig
+    plan: Plan
+    trains: dict[str, Task] = field(default_factory=dict)
+    reduces: dict[str, Task] = field(default_factory=dict)
+    finals: dict[str, Task] = field(default_factory=dict)
+
+    def train(
+        self, datasets: list[str], seed: int, opts: dict[str, Any], eval_on: list[str] | None, label: str
+    ) -> Task:
+        params = TrainParams(datasets=datasets, model=self.cfg.model, seed=seed, train=opts, eval=eval_on or None)
+        t = task(params, label=label)
+        self.trains.setdefault(t.key, t)
         return t
 
-    def add_row(t: Task, bucket: dict[str, Task], **row: Any) -> None:
-        bucket.setdefault(t.key, t)
-        plan.rows[t.key] = row
+    def final(self, t: Task, **row: Any) -> None:
+        self.finals.setdefault(t.key, t)
+        self.plan.rows[t.key] = row
 
+
+def make_plan(cfg: ExperimentConfig) -> Plan:
+    """Every task of the grid, in three stages: train; reduce; merge / evaluate."""
+    b = _Builder(cfg, Plan(cfg))
     for a_spec, b_spec in cfg.pairs:
-        pair = [a_spec, b_spec]
-        pair_name = f"{a_spec} vs {b_spec}"
         for seed in cfg.seeds:
-            ta = train_task([a_spec], seed, train_opts, None, f"train {a_spec} seed {seed}")
-            tb = train_task([b_spec], seed + cfg.b_seed_offset, train_opts, None, f"train {b_spec} seed {seed}")
-            base = {"pair": pair_name, "dataset_a": a_spec, "dataset_b": b_spec, "seed": seed}
-            if cfg.baselines.sources:
-                for side, t in (("source A", ta), ("source B", tb)):
-                    ev = Task(
-                        "evaluate", {"model": t.key, "datasets": pair}, deps=(t.key,), label=f"{side} {pair_name}"
-                    )
-                    add_row(ev, finals, **base, method=side, data="-", ipc=None)
-            if cfg.baselines.joint:
-                joint_opts = {**train_opts, **cfg.baselines.joint_train}
-                tj = train_task(pair, seed, joint_opts, pair, f"joint {pair_name} seed {seed}")
-                plan.rows[tj.key] = {**base, "method": "joint", "data": "full", "ipc": None}
+            _plan_pair_seed(b, a_spec, b_spec, seed)
+    stages = (list(b.trains.values()), list(b.reduces.values()), list(b.finals.values()))
+    b.plan.stages = [s for s in stages if s]
+    return b.plan
 
-            # merge data, by label: [A spec, B spec] and the tasks they depend on
-            data_sets: dict[str, tuple[str, list[str], tuple[str, ...], int | None]] = {
-                "none": ("none", [], (), None),
-                "full": (
-                    "full",
-                    [_full_spec(a_spec, cfg.full_data_per_class), _full_spec(b_spec, cfg.full_data_per_class)],
-                    (),
-                    None,
-                ),
-            }
-            for method in cfg.reduce.methods:
-                for ipc in cfg.reduce.ipcs:
-                    keys = []
-                    # Coresets select by the source model's features/scores; condensation
-                    # matches with freshly initialised networks (its own 'net' option).
-                    use_model = cfg.reduce.use_source_model and available_methods()[method].kind == "coreset"
-                    for spec, src in ((a_spec, ta), (b_spec, tb)):
-                        params = {
-                            "dataset": str(parse_spec(spec).without_sampling()),
-                            "method": method,
-                            "ipc": ipc,
-                            "seed": seed,
-                            "model": src.key if use_model else None,
-                            "options": cfg.reduce.options.get(method, {}),
-                        }
-                        rt = Task(
-                            "reduce",
-                            params,
-                            deps=(src.key,) if use_model else (),
-                            label=f"reduce {spec} {method}@{ipc}",
-                        )
-                        reduces.setdefault(rt.key, rt)
-                        keys.append(rt.key)
-                    data_sets[f"{method}@{ipc}"] = ("reduced", [f"reduced-task:{k}" for k in keys], tuple(keys), ipc)
-                    if cfg.baselines.reduced_only:
-                        tr = Task(
-                            "train",
-                            {
-                                "datasets": [f"reduced-task:{k}" for k in keys],
-                                "model": cfg.model,
-                                "seed": seed,
-                                "train": cfg.baselines.reduced_only_train,
-                                "eval": pair,
-                            },
-                            deps=tuple(keys),
-                            label=f"reduced-only {method}@{ipc} {pair_name} seed {seed}",
-                        )
-                        add_row(tr, finals, **base, method="reduced-only", data=f"{method}@{ipc}", ipc=ipc)
 
-            for entry in cfg.merges:
-                for kind in entry.data:
-                    labels = [k for k, v in data_sets.items() if v[0] == kind]
-                    for dlabel in labels:
-                        _, specs, dep_keys, data_ipc = data_sets[dlabel]
-                        opts = entry.options if kind != "reduced" else (entry.reduced_options or entry.options)
-                        params = {
-                            "a": ta.key,
-                            "b": tb.key,
-                            "pair": pair,
-                            "eval": pair,
-                            "seed": seed,
-                            "method": entry.method,
-                            "lam": entry.lam,
-                            "data": specs,
-                            "options": opts,
-                            "curve": entry.curve and seed == cfg.seeds[0] and kind != "reduced",
-                        }
-                        if entry.finetune != "none":  # absent otherwise: earlier runs keep their keys
-                            params["finetune"] = entry.finetune
-                            params["finetune_options"] = entry.finetune_options
-                        mt = Task(
-                            "merge",
-                            params,
-                            deps=(ta.key, tb.key, *dep_keys),
-                            label=f"{entry.label} [{dlabel}] {pair_name} seed {seed}",
-                        )
-                        add_row(mt, finals, **base, method=entry.label, data=dlabel, ipc=data_ipc)
+def _plan_pair_seed(b: _Builder, a_spec: str, b_spec: str, seed: int) -> None:
+    cfg, pair = b.cfg, [a_spec, b_spec]
+    name = f"{a_spec} vs {b_spec}"
+    ta = b.train([a_spec], seed, dict(cfg.train), None, f"train {a_spec} seed {seed}")
+    tb = b.train([b_spec], seed + cfg.b_seed_offset, dict(cfg.train), None, f"train {b_spec} seed {seed}")
+    row = {"pair": name, "dataset_a": a_spec, "dataset_b": b_spec, "seed": seed}
+    _plan_baselines(b, ta, tb, pair, seed, row)
+    choices: dict[str, MergeDataChoice] = {
+        "none": MergeDataChoice("none", []),
+        "full": MergeDataChoice("full", [_full_spec(s, cfg.full_data_per_class) for s in pair]),
+    }
+    choices.update(_plan_reductions(b, ta, tb, pair, seed, row))
+    for entry in cfg.merges:
+        for kind in entry.data:
+            for dlabel, choice in choices.items():
+                if choice.kind == kind:
+                    _plan_merge(b, entry, ta, tb, pair, seed, dlabel, choice, row)
 
-    plan.stages = [s for s in (list(trains.values()), list(reduces.values()), list(finals.values())) if s]
-    return plan
+
+def _plan_baselines(b: _Builder, ta: Task, tb: Task, pair: list[str], seed: int, row: dict[str, Any]) -> None:
+    """Stage 1 and 3 rows that merge nothing: each source model, and the joint upper bound."""
+    cfg, name = b.cfg, row["pair"]
+    if cfg.baselines.sources:
+        for side, t in (("source A", ta), ("source B", tb)):
+            ev = task(EvaluateParams(model=t.key, datasets=pair), deps=(t.key,), label=f"{side} {name}")
+            b.final(ev, **row, method=side, data="-", ipc=None)
+    if cfg.baselines.joint:
+        joint_opts = {**cfg.train, **cfg.baselines.joint_train}
+        tj = b.train(pair, seed, joint_opts, pair, f"joint {name} seed {seed}")
+        b.plan.rows[tj.key] = {**row, "method": "joint", "data": "full", "ipc": None}
+
+
+def _plan_reductions(
+    b: _Builder, ta: Task, tb: Task, pair: list[str], seed: int, row: dict[str, Any]
+) -> dict[str, MergeDataChoice]:
+    """Stage 2: each source reduced by each method at each ipc (and the reduced-only rows)."""
+    cfg, out = b.cfg, {}
+    for method in cfg.reduce.methods:
+        # Coresets select by the source model's features/scores; condensation matches with
+        # freshly initialised networks (its own 'net' option).
+        use_model = cfg.reduce.use_source_model and available_methods()[method].kind == "coreset"
+        for ipc in cfg.reduce.ipcs:
+            keys = []
+            for spec, src in zip(pair, (ta, tb), strict=True):
+                params = ReduceParams(
+                    dataset=str(parse_spec(spec).without_sampling()),
+                    method=method,
+                    ipc=ipc,
+                    seed=seed,
+                    model=src.key if use_model else None,
+                    options=cfg.reduce.options.get(method, {}),
+                )
+                rt = task(params, deps=(src.key,) if use_model else (), label=f"reduce {spec} {method}@{ipc}")
+                b.reduces.setdefault(rt.key, rt)
+                keys.append(rt.key)
+            refs = [reduced_ref(k) for k in keys]
+            out[f"{method}@{ipc}"] = MergeDataChoice("reduced", refs, tuple(keys), ipc)
+            if cfg.baselines.reduced_only:
+                params_r = TrainParams(
+                    datasets=refs, model=cfg.model, seed=seed, train=cfg.baselines.reduced_only_train, eval=pair
+                )
+                label = f"reduced-only {method}@{ipc} {row['pair']} seed {seed}"
+                tr = task(params_r, deps=tuple(keys), label=label)
+                b.final(tr, **row, method="reduced-only", data=f"{method}@{ipc}", ipc=ipc)
+    return out
+
+
+def _plan_merge(
+    b: _Builder,
+    entry: MergeEntry,
+    ta: Task,
+    tb: Task,
+    pair: list[str],
+    seed: int,
+    dlabel: str,
+    choice: MergeDataChoice,
+    row: dict[str, Any],
+) -> None:
+    """Stage 3: one merge of the pair's models on one kind of merge data."""
+    reduced = choice.kind == "reduced"
+    params = MergeParams(
+        a=ta.key,
+        b=tb.key,
+        pair=pair,
+        eval=pair,
+        seed=seed,
+        method=entry.method,
+        lam=entry.lam,
+        data=choice.specs,
+        options=(entry.reduced_options or entry.options) if reduced else entry.options,
+        curve=entry.curve and seed == b.cfg.seeds[0] and not reduced,
+        # absent unless set: earlier runs keep their keys
+        finetune=entry.finetune if entry.finetune != "none" else None,
+        finetune_options=entry.finetune_options if entry.finetune != "none" else None,
+    )
+    label = f"{entry.label} [{dlabel}] {row['pair']} seed {seed}"
+    mt = task(params, deps=(ta.key, tb.key, *choice.deps), label=label)
+    b.final(mt, **row, method=entry.label, data=dlabel, ipc=choice.ipc)

@@ -149,20 +149,20 @@ def _abs_ctx(ctx: RunContext, threads: int) -> RunContext:
     )
 
 
+RUN_CPUS = 1.0  # every run reserves one CPU (its torch threads: RunContext.threads)
+
+
 def resources(task: Task, ctx: RunContext, gpus_per_run: float = 1.0) -> tuple[float, float]:
     """(CPUs, GPUs) a Ray task reserves. With ``--device cuda`` every run reserves
     ``gpus_per_run`` GPUs (a fraction packs several small runs on one GPU): Ray hides the GPUs
     from a task that reserved none, so without this a cluster run would fail or fall back.
     ``auto`` reserves none: it means "a GPU if this worker happens to see one"."""
-    gpus = task.gpus
-    if not gpus and ctx.device.startswith("cuda"):
-        gpus = gpus_per_run
-    return task.cpus, gpus
+    return RUN_CPUS, gpus_per_run if ctx.device.startswith("cuda") else 0.0
 
 
 @register_executor("ray")
 class RayExecutor:
-    """Run each task as a Ray task that reserves ``task.cpus`` CPUs and ``task.gpus`` GPUs.
+    """Run each task as a Ray task that reserves one CPU (and ``gpus_per_run`` GPUs with ``--device cuda``).
 
     Without ``address`` a private local Ray is started with ``workers`` CPUs (default: all
     cores), listening on 127.0.0.1 only, without the dashboard; :meth:`close` shuts it down.
@@ -259,7 +259,7 @@ class RayExecutor:
             # when the worker or node died; tasks are idempotent, so it is safe.
             cpus, gpus = resources(t, ctx, self.gpus_per_run)
             opts = remote.options(num_cpus=cpus, num_gpus=gpus, max_retries=1, name=t.label or t.kind)
-            refs[opts.remote(t, _abs_ctx(ctx, threads=max(1, int(t.cpus))))] = i
+            refs[opts.remote(t, _abs_ctx(ctx, threads=max(1, int(cpus))))] = i
         results: list[dict[str, Any] | None] = [None] * len(tasks)
         pending = list(refs)
         try:

@@ -19,6 +19,7 @@ from typing import Any
 
 from .._io import atomic_path, atomic_write_text, dumps
 from ..data import parse_spec
+from .params import ReduceParams
 from .plan import Plan
 
 
@@ -191,6 +192,7 @@ def plots(
     plan: Plan,
     store: Path,
 ) -> list[str]:
+    """Every figure of the report (PNG files under ``out``); returns their names."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -206,63 +208,76 @@ def plots(
 
     # 1. interpolation curves (first seed) per pair
     for pair in dict.fromkeys(r["pair"] for r in rows):
-        curves = []
-        for key, ident in plan.rows.items():
-            r = results.get(key) or {}
-            if ident["pair"] == pair and r.get("curve"):
-                curves.append((f"{ident['method']} [{ident['data']}]", r["curve"]))
-        if curves:
-            fig, ax = plt.subplots(figsize=(6.5, 4.2))
-            for label, pts in curves:
-                ax.plot([p["lam"] for p in pts], [p["mean_acc"] for p in pts], marker="o", ms=3, label=label)
-            ax.set_xlabel("lambda (0 = model A, 1 = aligned model B)")
-            ax.set_ylabel("mean test accuracy of both datasets (%)")
-            ax.set_title(f"interpolation, {pair} (seed {plan.config.seeds[0]})")
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
-            save(fig, f"interpolation_{_slug(pair)}.png")
-
+        _curve_plot(plt, pair, results, plan, save)
     # 2. accuracy vs rotation angle: one panel for the methods without reduced data (bounds,
     # data-free and full-data merges), then one per method that uses reduced sets, with one
     # colour per merge-data kind across panels; 18 lines in one axes are unreadable
     angled = [s for s in summary if _angle(s["pair"].split(" vs ")[1]) is not None]
     if len({s["pair"] for s in angled}) > 1:
         _angle_plot(plt, angled, save)
-
     # 3. accuracy vs merge-data size (IPC): one panel per method, one line per reduction method
     for pair in dict.fromkeys(s["pair"] for s in summary):
         _ipc_plot(plt, [s for s in summary if s["pair"] == pair], pair, save)
     # 3b. accuracy vs model size: merges wider than a source are a different product
     for pair in dict.fromkeys(s["pair"] for s in summary):
         _size_plot(plt, [s for s in summary if s["pair"] == pair], pair, save)
-
     # 4. the reduced sets themselves (first seed, largest IPC): one grid per dataset and method
-    reduce_tasks = [t for stage in plan.stages for t in stage if t.kind == "reduce"]
-    if reduce_tasks:
-        top = max(t.params["ipc"] for t in reduce_tasks)
-        for t in reduce_tasks:
-            src = t.directory(store) / "reduced.png"
-            if t.params["seed"] == plan.config.seeds[0] and t.params["ipc"] == top and src.is_file():
-                name = f"grids/{_slug(t.params['dataset'])}_{t.params['method']}{top}.png"
-                with atomic_path(out / name) as tmp:
-                    shutil.copyfile(src, tmp)
-                made.append(name)
-
+    made += _copy_grids(out, plan, store)
     # 5. alignment criteria vs merged loss
-    merged = [r for r in rows if r.get("status") == "ok" and r.get("wm_distance") is not None]
-    if merged:
-        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-        for ax, name in zip(axes, ("wm_distance", "am_correlation"), strict=True):
-            pts = [r for r in merged if r.get(name) is not None]
-            for m in dict.fromkeys(r["method"] for r in pts):
-                sel = [r for r in pts if r["method"] == m]
-                ax.scatter([r[name] for r in sel], [r["loss_mean"] for r in sel], s=10, label=m)
-            ax.set_xlabel(name.replace("_", " "))
-            ax.set_ylabel("merged model: mean test loss")
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
-        save(fig, "criteria_vs_loss.png")
+    _criteria_plot(plt, [r for r in rows if r.get("status") == "ok" and r.get("wm_distance") is not None], save)
     return made
+
+
+def _curve_plot(plt: Any, pair: str, results: dict[str, Any], plan: Plan, save: Callable[[Any, str], None]) -> None:
+    curves = []
+    for key, ident in plan.rows.items():
+        r = results.get(key) or {}
+        if ident["pair"] == pair and r.get("curve"):
+            curves.append((f"{ident['method']} [{ident['data']}]", r["curve"]))
+    if not curves:
+        return
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for label, pts in curves:
+        ax.plot([p["lam"] for p in pts], [p["mean_acc"] for p in pts], marker="o", ms=3, label=label)
+    ax.set_xlabel("lambda (0 = model A, 1 = aligned model B)")
+    ax.set_ylabel("mean test accuracy of both datasets (%)")
+    ax.set_title(f"interpolation, {pair} (seed {plan.config.seeds[0]})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    save(fig, f"interpolation_{_slug(pair)}.png")
+
+
+def _copy_grids(out: Path, plan: Plan, store: Path) -> list[str]:
+    """The image grids of the first seed's reduced sets at the largest ipc, copied into the report."""
+    reduce_tasks = [(t, ReduceParams.model_validate(t.params)) for t in plan.tasks if t.kind == "reduce"]
+    if not reduce_tasks:
+        return []
+    made = []
+    top = max(p.ipc for _, p in reduce_tasks)
+    for t, p in reduce_tasks:
+        src = t.directory(store) / "reduced.png"
+        if p.seed == plan.config.seeds[0] and p.ipc == top and src.is_file():
+            name = f"grids/{_slug(p.dataset)}_{p.method}{top}.png"
+            with atomic_path(out / name) as tmp:
+                shutil.copyfile(src, tmp)
+            made.append(name)
+    return made
+
+
+def _criteria_plot(plt: Any, merged: list[dict[str, Any]], save: Callable[[Any, str], None]) -> None:
+    if not merged:
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, name in zip(axes, ("wm_distance", "am_correlation"), strict=True):
+        pts = [r for r in merged if r.get(name) is not None]
+        for m in dict.fromkeys(r["method"] for r in pts):
+            sel = [r for r in pts if r["method"] == m]
+            ax.scatter([r[name] for r in sel], [r["loss_mean"] for r in sel], s=10, label=m)
+        ax.set_xlabel(name.replace("_", " "))
+        ax.set_ylabel("merged model: mean test loss")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    save(fig, "criteria_vs_loss.png")
 
 
 def _angle_plot(plt: Any, angled: list[dict[str, Any]], save: Callable[[Any, str], None]) -> None:

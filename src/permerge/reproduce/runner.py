@@ -17,11 +17,11 @@ from pydantic import ValidationError
 
 from .._io import atomic_write_text, dumps, remove_stale_temps
 from .._limits import MAX_TASKS, check_seed
-from ..errors import PermergeError
+from ..errors import PermergeError, first_error
 from ..progress import progress_bar
 from .config import ExperimentConfig, load_experiment
-from .executors import check_executor, get_executor
-from .plan import make_plan
+from .executors import Executor, check_executor, get_executor
+from .plan import Plan, make_plan
 from .report import write_report
 from .tasks import RunContext, Task
 
@@ -48,14 +48,7 @@ def reproduce(
     can share one ``store`` and reuse each other's trained models and reduced sets.
     """
     check_executor(executor)  # before anything is written to --out
-    cfg = experiment if isinstance(experiment, ExperimentConfig) else load_experiment(experiment, quick=quick)
-    if seeds:
-        for s in seeds:
-            check_seed(s, "--seeds")
-        try:
-            cfg = ExperimentConfig.model_validate({**cfg.model_dump(), "seeds": tuple(seeds)})
-        except ValidationError as e:
-            raise PermergeError(f"--seeds: {e.errors()[0]['msg']}") from None
+    cfg = _config(experiment, quick, seeds)
     plan = make_plan(cfg)
     if len(plan.tasks) > MAX_TASKS:
         raise PermergeError(
@@ -64,19 +57,7 @@ def reproduce(
     root = Path(out)
     if dry_run:
         return {"experiment": cfg.name, "stages": [[t.label for t in s] for s in plan.stages], "tasks": len(plan.tasks)}
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise PermergeError(f"cannot create output folder {root}: {e.strerror}") from None
-    except RuntimeError:  # Python < 3.13: a symlink loop
-        raise PermergeError(f"cannot create output folder {root}: symlink loop") from None
-    if not os.access(root, os.W_OK):
-        raise PermergeError(f"output folder {root} is not writable")
-    # a report write cut short by SIGKILL (the report is rewritten below); --out may be a folder
-    # the user shares with other files, so only our own report names
-    for folder in (root, root / "grids"):
-        remove_stale_temps(folder, ("config.json", "results.*", "*.png"))
-    atomic_write_text(root / "config.json", dumps(cfg.model_dump(), indent=1) + "\n")
+    _prepare_out(root, cfg)
     store_root = Path(store) if store is not None else root
     ctx = RunContext(
         root=str(store_root.resolve()), data_root=None if data_root is None else str(data_root), device=device
@@ -87,41 +68,8 @@ def reproduce(
         else get_executor(executor, workers=workers, address=address)
     )
     t0 = time.perf_counter()
-    log = progress and not sys.stderr.isatty()  # a line per run for logs and CI
-    results: dict[str, dict[str, Any]] = {}
-    failed: dict[str, str] = {}
     try:
-        with progress_bar(len(plan.tasks), f"reproduce {cfg.name}", enabled=progress) as bar:
-            for stage in plan.stages:
-                ready: list[Task] = []
-                for t in stage:
-                    bad = [d for d in t.deps if d in failed]
-                    if bad:
-                        results[t.key] = {
-                            "status": "error",
-                            "error": f"skipped: a run it needs failed ({failed[bad[0]]})",
-                        }
-                        failed[t.key] = results[t.key]["error"]
-                        bar.advance()
-                    else:
-                        ready.append(t)
-
-                def done(t: Task, r: dict[str, Any]) -> None:
-                    results[t.key] = r
-                    if r.get("status") != "ok":
-                        failed[t.key] = f"{t.label}: {r.get('error')}"
-                    bar.advance()
-                    if log:
-                        state = "cached" if r.get("cached") else r.get("status")
-                        extra = f" {r['eval']['mean_acc']:.2f}%" if r.get("status") == "ok" and r.get("eval") else ""
-                        print(
-                            f"[{len(results)}/{len(plan.tasks)} {time.perf_counter() - t0:6.0f}s] "
-                            f"{t.label}: {state}{extra}" + (f" ({r.get('error')})" if r.get("status") != "ok" else ""),
-                            file=sys.stderr,
-                            flush=True,
-                        )
-
-                ex.run(ready, ctx, on_result=done)
+        results, failed = _run_stages(plan, ex, ctx, progress)
     finally:
         ex.close()
     wall = time.perf_counter() - t0
@@ -139,3 +87,73 @@ def reproduce(
     }
     report = write_report(root, plan, results, meta, store=Path(ctx.root))
     return {"experiment": cfg.name, "out": str(root), **meta, "failures": list(failed.values()), **report}
+
+
+def _config(experiment: str | Path | ExperimentConfig, quick: bool, seeds: list[int] | None) -> ExperimentConfig:
+    """The experiment's config, with ``--seeds`` in place of its own seeds when given."""
+    cfg = experiment if isinstance(experiment, ExperimentConfig) else load_experiment(experiment, quick=quick)
+    if seeds:
+        for s in seeds:
+            check_seed(s, "--seeds")
+        try:
+            cfg = ExperimentConfig.model_validate({**cfg.model_dump(), "seeds": tuple(seeds)})
+        except ValidationError as e:
+            raise PermergeError(f"--seeds: {first_error(e)[1]}") from None
+    return cfg
+
+
+def _prepare_out(root: Path, cfg: ExperimentConfig) -> None:
+    """``--out`` created and writable, a killed report's temp files gone, the config written."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PermergeError(f"cannot create output folder {root}: {e.strerror}") from None
+    except RuntimeError:  # Python < 3.13: a symlink loop
+        raise PermergeError(f"cannot create output folder {root}: symlink loop") from None
+    if not os.access(root, os.W_OK):
+        raise PermergeError(f"output folder {root} is not writable")
+    # a report write cut short by SIGKILL (the report is rewritten below); --out may be a folder
+    # the user shares with other files, so only our own report names
+    for folder in (root, root / "grids"):
+        remove_stale_temps(folder, ("config.json", "results.*", "*.png"))
+    atomic_write_text(root / "config.json", dumps(cfg.model_dump(), indent=1) + "\n")
+
+
+def _run_stages(
+    plan: Plan, ex: Executor, ctx: RunContext, progress: bool
+) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """Each stage's runs through the executor; a run whose dependency failed is skipped.
+    Returns (result by task key, error line by failed task key)."""
+    t0 = time.perf_counter()
+    log = progress and not sys.stderr.isatty()  # a line per run for logs and CI
+    results: dict[str, dict[str, Any]] = {}
+    failed: dict[str, str] = {}
+    with progress_bar(len(plan.tasks), f"reproduce {plan.config.name}", enabled=progress) as bar:
+
+        def done(t: Task, r: dict[str, Any]) -> None:
+            results[t.key] = r
+            if r.get("status") != "ok":
+                failed[t.key] = f"{t.label}: {r.get('error')}"
+            bar.advance()
+            if log:
+                print(f"[{len(results)}/{len(plan.tasks)} {time.perf_counter() - t0:6.0f}s] {_log_line(t, r)}",
+                      file=sys.stderr, flush=True)  # fmt: skip
+
+        for stage in plan.stages:
+            ready: list[Task] = []
+            for t in stage:
+                bad = [d for d in t.deps if d in failed]
+                if bad:
+                    results[t.key] = {"status": "error", "error": f"skipped: a run it needs failed ({failed[bad[0]]})"}
+                    failed[t.key] = results[t.key]["error"]
+                    bar.advance()
+                else:
+                    ready.append(t)
+            ex.run(ready, ctx, on_result=done)
+    return results, failed
+
+
+def _log_line(t: Task, r: dict[str, Any]) -> str:
+    state = "cached" if r.get("cached") else r.get("status")
+    extra = f" {r['eval']['mean_acc']:.2f}%" if r.get("status") == "ok" and r.get("eval") else ""
+    return f"{t.label}: {state}{extra}" + (f" ({r.get('error')})" if r.get("status") != "ok" else "")

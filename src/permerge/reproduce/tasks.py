@@ -17,24 +17,28 @@ import os
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .._io import atomic_write_text, dumps, remove_stale_temps
+from ..registry import Registry
+from .params import EvaluateParams, MergeParams, ReduceParams, TrainParams, resolve_spec
+
+if TYPE_CHECKING:
+    from ..checkpoint import Checkpoint
+    from ..permutation.spec import PermutationSpec
 
 RESULT = "result.json"
 
 
 @dataclass(frozen=True)
 class Task:
-    kind: str  # train | reduce | merge | evaluate
-    params: dict[str, Any]
+    kind: str  # train | reduce | merge | evaluate (the runner registered under that name)
+    params: dict[str, Any]  # a TaskParams' to_dict() (see .params); hashed into the key
     deps: tuple[str, ...] = ()
-    cpus: float = 1.0
-    gpus: float = 0.0
     label: str = ""
 
     @property
@@ -54,7 +58,6 @@ class RunContext:
     data_root: str | None = None
     device: str = "cpu"
     threads: int = 1
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def task_dir(self, kind: str, key: str) -> Path:
         return Path(self.root) / "runs" / kind / key
@@ -75,15 +78,12 @@ def _write_result(directory: Path, result: dict[str, Any]) -> None:
     atomic_write_text(directory / RESULT, dumps(result, indent=1, default=str) + "\n")
 
 
-_RUNNERS: dict[str, Callable[[Task, RunContext, Path], dict[str, Any]]] = {}
+Runner = Callable[["Task", "RunContext", Path], dict[str, Any]]
+RUNNERS: Registry[Runner] = Registry("task kind")
 
 
-def _runner(kind: str) -> Callable[[Callable[[Task, RunContext, Path], dict[str, Any]]], Any]:
-    def deco(fn: Callable[[Task, RunContext, Path], dict[str, Any]]) -> Any:
-        _RUNNERS[kind] = fn
-        return fn
-
-    return deco
+def _runner(kind: str) -> Callable[[Runner], Runner]:
+    return RUNNERS.register(kind)
 
 
 def execute(task: Task, ctx: RunContext) -> dict[str, Any]:
@@ -104,7 +104,7 @@ def execute(task: Task, ctx: RunContext) -> dict[str, Any]:
     budget_log = logging.getLogger("permerge.budget")
     was_disabled, budget_log.disabled = budget_log.disabled, True
     try:
-        out = _RUNNERS[task.kind](task, ctx, directory)
+        out = RUNNERS.get(task.kind)(task, ctx, directory)
     except Exception as e:  # noqa: BLE001 - reported per task; the grid goes on
         from ..errors import PermergeError
 
@@ -138,19 +138,19 @@ def execute(task: Task, ctx: RunContext) -> dict[str, Any]:
 
 @_runner("train")
 def _train(task: Task, ctx: RunContext, directory: Path) -> dict[str, Any]:
-    from permerge import api
-
+    from ..data.spec import test_spec
+    from ..runs import evaluate_checkpoint, train_checkpoint
     from ..train import TrainConfig
 
-    p = task.params
-    specs = [_resolve_spec(s, ctx) for s in p["datasets"]]
+    p = TrainParams.model_validate(task.params)
+    specs = [resolve_spec(s, ctx.root) for s in p.datasets]
     # A grid's training is exactly its config: fields it leaves unset take TrainConfig's fixed
     # defaults, never the data-dependent budget of permerge.budgets (so runs stay comparable).
-    fixed = TrainConfig(**p["train"]).model_dump(exclude={"steps"} if "steps" not in p["train"] else {"epochs"})
-    ckpt = api.train(
+    fixed = TrainConfig(**p.train).model_dump(exclude={"steps"} if "steps" not in p.train else {"epochs"})
+    ckpt = train_checkpoint(
         specs[0] if len(specs) == 1 else specs,
-        model=p["model"],
-        seed=p["seed"],
+        model=p.model,
+        seed=p.seed,
         out=directory,
         data_root=ctx.data_root,
         device=ctx.device,
@@ -159,15 +159,15 @@ def _train(task: Task, ctx: RunContext, directory: Path) -> dict[str, Any]:
     )
     scores = ckpt.meta["scores"]
     out: dict[str, Any] = {"scores": scores, "train_seconds": ckpt.meta["wall_seconds"]}
-    if p.get("eval"):  # score on a pair's test sets (joint and reduced-only baselines)
-        # api.train already scored the test sets of what it trained on; when those are the
+    if p.eval:  # score on a pair's test sets (joint and reduced-only baselines)
+        # training already scored the test sets of what it trained on; when those are the
         # pair's (always, for the planned baselines) reuse them instead of a second CIFAR pass.
         test = scores.get("test") or {}
-        same = [api.test_spec(s) for s in specs] == [api.test_spec(s) for s in p["eval"]]
+        same = [test_spec(s) for s in specs] == [test_spec(s) for s in p.eval]
         if same and "per_dataset" in test:
             out["eval"] = test
         else:
-            out["eval"] = api.evaluate_model(ckpt, p["eval"], data_root=ctx.data_root, device=ctx.device)
+            out["eval"] = evaluate_checkpoint(ckpt, p.eval, data_root=ctx.data_root, device=ctx.device)
     return out
 
 
@@ -175,135 +175,121 @@ def _train(task: Task, ctx: RunContext, directory: Path) -> dict[str, Any]:
 def _reduce(task: Task, ctx: RunContext, directory: Path) -> dict[str, Any]:
     from ..reduce import reduce_dataset
 
-    p = task.params
-    model = str(ctx.task_dir("train", p["model"])) if p.get("model") else None
+    p = ReduceParams.model_validate(task.params)
+    model = str(ctx.task_dir("train", p.model)) if p.model else None
     path = directory / "reduced.safetensors"
     rs = reduce_dataset(
-        p["dataset"],
-        p["method"],
-        p["ipc"],
+        p.dataset,
+        p.method,
+        p.ipc,
         model=model,
-        seed=p["seed"],
+        seed=p.seed,
         device=ctx.device,
         progress=False,
         out=path,
         data_root=ctx.data_root,
-        **p.get("options", {}),
+        **p.options,
     )
     return {"path": str(path.relative_to(ctx.root)), "reduce_seconds": rs.meta["wall_time_s"], "size": len(rs.labels)}
 
 
-def _resolve_spec(spec: str, ctx: RunContext) -> str:
-    """``reduced-task:<key>`` names a reduce task's output; anything else is a dataset spec."""
-    if spec.startswith("reduced-task:"):
-        return f"reduced:{ctx.task_dir('reduce', spec.split(':', 1)[1]) / 'reduced.safetensors'}"
-    return spec
-
-
 @_runner("evaluate")
 def _evaluate(task: Task, ctx: RunContext, directory: Path) -> dict[str, Any]:
-    from permerge import api
+    from ..runs import evaluate_checkpoint
 
-    p = task.params
-    scores = api.evaluate_model(
-        str(ctx.task_dir("train", p["model"])), p["datasets"], data_root=ctx.data_root, device=ctx.device
-    )
-    return {"eval": scores}
+    p = EvaluateParams.model_validate(task.params)
+    model = str(ctx.task_dir("train", p.model))
+    return {"eval": evaluate_checkpoint(model, p.datasets, data_root=ctx.data_root, device=ctx.device)}
 
 
 @_runner("merge")
 def _merge(task: Task, ctx: RunContext, directory: Path) -> dict[str, Any]:
-    from permerge import api
-
+    from ..checkpoint import load_checkpoint
+    from ..data.mergedata import load_merge_data
+    from ..data.spec import test_sets
+    from ..device import resolve_device
     from ..merge.core import aligned_copy, merge_models
-    from ..merge.interpolate import barrier, curve
     from ..train import evaluate_many
 
-    p = task.params
-    a = api.as_checkpoint(ctx.task_dir("train", p["a"]))
-    b = api.as_checkpoint(ctx.task_dir("train", p["b"]))
-    data_specs = [_resolve_spec(s, ctx) for s in p["data"]] if p["data"] else None
-    md = api.load_merge_data(data_specs, data_root=ctx.data_root, seed=p["seed"])
-    options = dict(p.get("options") or {})
-    if p["method"] in ("ste", "am") and "seed" not in options:
-        options["seed"] = p["seed"]
-    ft_options = {"seed": p["seed"], **(p.get("finetune_options") or {})} if p.get("finetune") else None
-    tests = api.test_sets(p["eval"], ctx.data_root)
-    dev = api.resolve_device(ctx.device)
+    p = MergeParams.model_validate(task.params)
+    a, b = load_checkpoint(ctx.task_dir("train", p.a)), load_checkpoint(ctx.task_dir("train", p.b))
+    md = load_merge_data([resolve_spec(s, ctx.root) for s in p.data], data_root=ctx.data_root, seed=p.seed)
+    tests = test_sets(p.eval, ctx.data_root)
+    dev = resolve_device(ctx.device)
     result = merge_models(
         a,
         b,
-        method=p["method"],
-        lam=p["lam"],
+        method=p.method,
+        lam=p.lam,
         data=md,
-        options=options or None,
-        finetune=p.get("finetune", "none"),
-        finetune_options=ft_options,
+        options=p.options or None,
+        finetune=p.finetune or "none",
+        finetune_options=p.finetune_options or None,
         device=dev,
         progress=False,
+        seed=p.seed,  # seeds the method and the finisher unless their options set one
     )
-    scores = evaluate_many(result.model, tests, device=dev)
-    align_info = {k: v for k, v in (result.info.get("align") or {}).items() if k != "history"}
     out: dict[str, Any] = {
-        "eval": scores,
+        "eval": evaluate_many(result.model, tests, device=dev),
         "lam": result.lam,
         "merge_seconds": result.info["seconds"],
         "merge_data_size": len(md) if md else 0,
-        "align": align_info,
+        "align": {k: v for k, v in (result.info.get("align") or {}).items() if k != "history"},
         "size": {k: v for k, v in result.info["size"].items() if k != "relative"},
     }
     if "finetune" in result.info:
         out["finetune"] = result.info["finetune"]
     aligned = aligned_copy(b, result.spec, result.perm) if result.perm is not None and result.spec else b.model
-    if p["method"] != "ensemble":
-        out["criteria"] = _criteria(a, b, aligned, result, p, ctx)
-    if p.get("curve"):
-        lams = [i / 10 for i in range(11)]
-        kind = "ensemble" if p["method"] == "ensemble" else "aligned"
-        rows = curve(
-            a.model,
-            aligned,
-            lams,
-            tests,
-            kind=kind,
-            data=md,
-            bn_reset=bool(result.info.get("bn_reset")),
-            device=str(dev),
-        )
-        out["curve"] = rows
-        out["barrier"] = barrier(rows)
+    if p.method != "ensemble":
+        out["criteria"] = _criteria(a, aligned, result.spec, p.pair, ctx)
+    if p.curve:
+        out.update(_curve(a.model, aligned, p.method, tests, md, bool(result.info.get("bn_reset")), str(dev)))
     return out
 
 
+def _curve(
+    model_a: torch.nn.Module,
+    aligned: torch.nn.Module,
+    method: str,
+    tests: list[Any],
+    md: Any,
+    bn_reset: bool,
+    device: str,
+) -> dict[str, Any]:
+    """Accuracy along lam = 0, 0.1, ..., 1 between A and aligned B, and its barrier."""
+    from ..merge.interpolate import barrier, curve
+
+    lams = [i / 10 for i in range(11)]
+    kind = "ensemble" if method == "ensemble" else "aligned"
+    rows = curve(model_a, aligned, lams, tests, kind=kind, data=md, bn_reset=bn_reset, device=device)
+    return {"curve": rows, "barrier": barrier(rows)}
+
+
 def _criteria(
-    a: Any, b: Any, aligned: torch.nn.Module, result: Any, p: dict[str, Any], ctx: RunContext
+    a: Checkpoint, aligned: torch.nn.Module, spec: PermutationSpec | None, pair: list[str], ctx: RunContext
 ) -> dict[str, Any]:
     """Alignment criteria of the permutation used, for the 'does the criterion track the merged
-    loss' analysis: weight distance ||A - pi(B)|| (what WM minimises) and the mean activation
-    correlation of matched units (what AM maximises) on a fixed sample of both training sets."""
+    loss' analysis: weight distance ||A - pi(B)|| (what WM minimises: the library's
+    ``l2_distance``, BatchNorm statistics excluded) and the mean activation correlation of
+    matched units (what AM maximises) on a fixed sample of both training sets."""
     import copy
-
-    from permerge import api
 
     from ..align.activation_matching import AMOptions, activation_correlations
     from ..align.registry import AlignProblem
+    from ..align.weight_matching import l2_distance
+    from ..data import load_dataset, parse_spec
+    from ..data.mergedata import load_merge_data
     from ..merge.core import spec_for
 
     sa, sb = a.model.state_dict(), aligned.state_dict()
-    wm_dist = float(
-        sum(float((sa[k].double() - sb[k].double()).pow(2).sum()) for k in sa if sa[k].is_floating_point()) ** 0.5
-    )
-    out: dict[str, Any] = {"wm_distance": wm_dist}
-    spec = result.spec or spec_for(a)
+    out: dict[str, Any] = {"wm_distance": l2_distance(sa, sb)}
+    spec = spec or spec_for(a)
     if spec.probes:
-        from ..data import load_dataset, parse_spec
-
-        full = [str(parse_spec(s).without_sampling()) for s in p["pair"]]
+        full = [str(parse_spec(s).without_sampling()) for s in pair]
         # 100 images per class, or what the smallest class has (a small dataset, a CI fixture)
         counts = [load_dataset(s, "train", data_root=ctx.data_root).class_counts() for s in full]
         k = min(100, *(int(c[c > 0].min()) for c in counts))
-        specs = [f"{s}@{k}" for s in full]
-        probe = api.load_merge_data(specs, data_root=ctx.data_root, seed=12345)
+        probe = load_merge_data([f"{s}@{k}" for s in full], data_root=ctx.data_root, seed=12345)
         problem = AlignProblem(
             model=copy.deepcopy(a.model), state_a=sa, state_b=sb, spec=spec, data=probe, progress=False
         )

@@ -26,7 +26,24 @@ from ..condense import (
     net_factory,
     synthetic_result,
 )
-from ..registry import MethodResult, ReduceContext, register_method
+from ..registry import MethodResult, ReduceContext, ReduceOptions, register_method
+
+
+class DCOptions(ReduceOptions):
+    """DC's settings: the paper's, with ``iterations`` 50 and the inner loop capped for CPUs
+    (``outer_loop`` / ``inner_loop`` unset: :func:`loops_for`); ``net`` auto is the paper's MLP
+    for grayscale images and the ConvNet for colour ones."""
+
+    iterations: int = 50
+    outer_loop: int | None = None
+    inner_loop: int | None = None
+    lr_img: float = 0.1
+    momentum_img: float = 0.5
+    lr_net: float = 0.01
+    batch_real: int = 64
+    batch_train: int = 256
+    net: str = "auto"
+    init: str = "herding"
 
 
 def loops_for(ipc: int, outer_loop: int | None, inner_loop: int | None) -> tuple[int, int]:
@@ -39,43 +56,28 @@ def loops_for(ipc: int, outer_loop: int | None, inner_loop: int | None) -> tuple
     return outer_loop, inner_loop
 
 
-def gradient_matching(
-    ctx: ReduceContext,
-    *,
-    label: str,
-    iterations: int,
-    outer_loop: int | None,
-    inner_loop: int | None,
-    lr_img: float,
-    momentum_img: float,
-    lr_net: float,
-    batch_real: int,
-    batch_train: int,
-    net: str,
-    init: str,
-    augment: SiameseAugment | None,
-) -> MethodResult:
+def gradient_matching(ctx: ReduceContext, o: DCOptions, *, label: str, augment: SiameseAugment | None) -> MethodResult:
     """The DC loop, with optional siamese augmentation (DSA)."""
-    outer, inner = loops_for(ctx.ipc, outer_loop, inner_loop)
+    outer, inner = loops_for(ctx.ipc, o.outer_loop, o.inner_loop)
     # auto: the paper's MLP for grayscale (MNIST-like) data, the ConvNet for colour images
-    factory, net_name = net_factory(ctx, net, "mlp" if ctx.data.image_shape[0] == 1 else "convnet")
-    syn, labels, start = init_synthetic(ctx, init)
+    factory, net_name = net_factory(ctx, o.net, "mlp" if ctx.data.image_shape[0] == 1 else "convnet")
+    syn, labels, start = init_synthetic(ctx, o.init)
     syn.requires_grad_(True)
-    opt = torch.optim.SGD([syn], lr=lr_img, momentum=momentum_img)
+    opt = torch.optim.SGD([syn], lr=o.lr_img, momentum=o.momentum_img)
     sample_real = RealSampler(ctx)
     norm, g, k = ctx.data.normalization.apply, ctx.generator, ctx.ipc
     history: list[float] = []
     t0 = time.perf_counter()
-    with progress_bar(iterations, f"{label} ipc {k}", ctx.progress) as bar:
-        for it in range(iterations):
+    with progress_bar(o.iterations, f"{label} ipc {k}", ctx.progress) as bar:
+        for it in range(o.iterations):
             model = fresh_net(factory, g, ctx.device).train()
             params = [p for p in model.parameters() if p.requires_grad]
-            net_opt = torch.optim.SGD(params, lr=lr_net)
+            net_opt = torch.optim.SGD(params, lr=o.lr_net)
             total = 0.0
             for ol in range(outer):
                 loss = syn.new_zeros(())
                 for i, c in enumerate(ctx.classes):
-                    xr, xs = sample_real(c, batch_real), syn[i * k : (i + 1) * k]
+                    xr, xs = sample_real(c, o.batch_real), syn[i * k : (i + 1) * k]
                     if augment is not None:
                         p = augment.sample(g)
                         xr, xs = augment(xr, p), augment(xs, p)
@@ -94,8 +96,8 @@ def gradient_matching(
                 x_fixed = syn.detach()
                 for _ in range(inner):  # train the network on the synthetic set
                     order = torch.randperm(len(x_fixed), generator=g).to(ctx.device)
-                    for s in range(0, len(order), batch_train):
-                        idx = order[s : s + batch_train]
+                    for s in range(0, len(order), o.batch_train):
+                        idx = order[s : s + o.batch_train]
                         xb = x_fixed[idx]
                         if augment is not None:
                             xb = augment(xb, augment.sample(g))
@@ -105,38 +107,11 @@ def gradient_matching(
                         net_opt.step()
             history.append(total / outer)
             bar.advance(loss=history[-1])
-    extra = {"outer_loop": outer, "inner_loop": inner, "seconds_matching": time.perf_counter() - t0}
+    extra = {"o.outer_loop": outer, "o.inner_loop": inner, "seconds_matching": time.perf_counter() - t0}
     return synthetic_result(syn, labels, start, history, net_name, **extra)
 
 
-@register_method("dc", kind="condensation")
-def dc(
-    ctx: ReduceContext,
-    *,
-    iterations: int = 50,
-    outer_loop: int | None = None,
-    inner_loop: int | None = None,
-    lr_img: float = 0.1,
-    momentum_img: float = 0.5,
-    lr_net: float = 0.01,
-    batch_real: int = 64,
-    batch_train: int = 256,
-    net: str = "auto",
-    init: str = "herding",
-) -> MethodResult:
+@register_method("dc", DCOptions, kind="condensation")
+def dc(ctx: ReduceContext, o: DCOptions) -> MethodResult:
     """Gradient matching (DC) on fresh networks; ConvNet or the merged architecture."""
-    return gradient_matching(
-        ctx,
-        label="dc",
-        iterations=iterations,
-        outer_loop=outer_loop,
-        inner_loop=inner_loop,
-        lr_img=lr_img,
-        momentum_img=momentum_img,
-        lr_net=lr_net,
-        batch_real=batch_real,
-        batch_train=batch_train,
-        net=net,
-        init=init,
-        augment=None,
-    )
+    return gradient_matching(ctx, o, label="dc", augment=None)

@@ -25,26 +25,28 @@ from ..condense import (
     net_factory,
     synthetic_result,
 )
-from ..registry import MethodResult, ReduceContext, register_method
+from ..registry import MethodResult, ReduceContext, ReduceOptions, register_method
 
 
-@register_method("dm", kind="condensation")
-def dm(
-    ctx: ReduceContext,
-    *,
-    iterations: int = 400,
-    lr_img: float = 1.0,
-    momentum_img: float = 0.5,
-    batch_real: int = 64,
-    net: str = "auto",
-    init: str = "herding",
-    dsa: bool = True,
-    flip: bool | None = None,
-    pool: int = 0,
-    pool_train_steps: int = 1,
-    pool_max_steps: int = 100,
-    pool_lr: float = 0.01,
-) -> MethodResult:
+class DMOptions(ReduceOptions):
+    """DM's settings (the paper's, with 400 iterations for CPUs); ``pool`` > 0: IDM's model pool."""
+
+    iterations: int = 400
+    lr_img: float = 1.0
+    momentum_img: float = 0.5
+    batch_real: int = 64
+    net: str = "auto"
+    init: str = "herding"
+    dsa: bool = True
+    flip: bool | None = None
+    pool: int = 0
+    pool_train_steps: int = 1
+    pool_max_steps: int = 100
+    pool_lr: float = 0.01
+
+
+@register_method("dm", DMOptions, kind="condensation")
+def dm(ctx: ReduceContext, o: DMOptions) -> MethodResult:
     """Match per-class mean embeddings under random networks; cheapest condensation method.
 
     ``pool > 0`` matches under *partially trained* networks instead (the model sampling of
@@ -52,26 +54,26 @@ def dm(
     then trained ``pool_train_steps`` SGD steps on a real balanced batch; a network is
     re-initialised once it has had ``pool_max_steps`` steps, so the pool spans early training.
     """
-    factory, net_name = net_factory(ctx, net)
-    aug = default_augment(ctx.data.image_shape[0], flip) if dsa else None
-    syn, labels, start = init_synthetic(ctx, init)
+    factory, net_name = net_factory(ctx, o.net)
+    aug = default_augment(ctx.data.image_shape[0], o.flip) if o.dsa else None
+    syn, labels, start = init_synthetic(ctx, o.init)
     syn.requires_grad_(True)
-    opt = torch.optim.SGD([syn], lr=lr_img, momentum=momentum_img)
+    opt = torch.optim.SGD([syn], lr=o.lr_img, momentum=o.momentum_img)
     sample_real = RealSampler(ctx)
     norm, g, k = ctx.data.normalization.apply, ctx.generator, ctx.ipc
     nets: list[tuple[torch.nn.Module, int]] = []
     history: list[float] = []
     t0 = time.perf_counter()
-    with progress_bar(iterations, f"dm ipc {k}", ctx.progress) as bar:
-        for it in range(iterations):
-            if pool > 0:
-                slot = it % pool
-                if slot >= len(nets) or nets[slot][1] >= pool_max_steps:
+    with progress_bar(o.iterations, f"dm ipc {k}", ctx.progress) as bar:
+        for it in range(o.iterations):
+            if o.pool > 0:
+                slot = it % o.pool
+                if slot >= len(nets) or nets[slot][1] >= o.pool_max_steps:
                     fresh = (fresh_net(factory, g, ctx.device).train(), 0)
                     nets[slot : slot + 1] = [fresh]
                 model, trained = nets[slot]
-                _train_on_real(model, ctx, sample_real, pool_train_steps, pool_lr, batch_real)
-                nets[slot] = (model, trained + pool_train_steps)
+                _train_on_real(model, ctx, sample_real, o.pool_train_steps, o.pool_lr, o.batch_real)
+                nets[slot] = (model, trained + o.pool_train_steps)
             else:
                 model = fresh_net(factory, g, ctx.device).train()
             for p in model.parameters():
@@ -79,7 +81,7 @@ def dm(
             embed = embedder(model)
             loss = syn.new_zeros(())
             for i, c in enumerate(ctx.classes):
-                xr, xs = sample_real(c, batch_real), syn[i * k : (i + 1) * k]
+                xr, xs = sample_real(c, o.batch_real), syn[i * k : (i + 1) * k]
                 if aug is not None:
                     aug_params = aug.sample(g)
                     xr, xs = aug(xr, aug_params), aug(xs, aug_params)
@@ -87,7 +89,7 @@ def dm(
                     mr = embed(norm(xr)).mean(0)
                 loss = loss + ((mr - embed(norm(xs)).mean(0)) ** 2).sum()
             (syn.grad,) = torch.autograd.grad(loss, [syn])
-            if pool > 0:
+            if o.pool > 0:
                 for p in model.parameters():
                     p.requires_grad_(True)
             opt.step()

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from ...errors import PermergeError
 from ..coreset import select_per_class
 from ..features import predict_proba, proxy_model
-from ..registry import MethodResult, ReduceContext, register_method
+from ..registry import MethodResult, ReduceContext, ReduceOptions, register_method
 
 
 def el2n_scores(proba: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -23,18 +23,25 @@ def el2n_scores(proba: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return (proba - onehot).norm(dim=1)
 
 
-@register_method("el2n", kind="coreset")
-def el2n(ctx: ReduceContext, *, keep: str = "hard", proxy_epochs: int = 2) -> MethodResult:
+class EL2NOptions(ReduceOptions):
+    """Which end of the EL2N ranking to keep, and the proxy model's training."""
+
+    keep: str = "hard"
+    proxy_epochs: int = 2
+
+
+@register_method("el2n", EL2NOptions, kind="coreset")
+def el2n(ctx: ReduceContext, o: EL2NOptions) -> MethodResult:
     """EL2N scores from ``--model`` (or a 2-epoch proxy MLP); keep the hardest (or easiest)."""
-    if keep not in ("hard", "easy"):
-        raise PermergeError(f"el2n: keep must be 'hard' or 'easy', got {keep!r}")
+    if o.keep not in ("hard", "easy"):
+        raise PermergeError(f"el2n: keep must be 'hard' or 'easy', got {o.keep!r}")
     model = ctx.model
     scorer = "model"
     if model is None:
-        model = proxy_model(ctx.data, ctx.generator, epochs=proxy_epochs, device=ctx.device)
-        scorer = f"proxy-mlp256-{proxy_epochs}ep"
+        model = proxy_model(ctx.data, ctx.generator, epochs=o.proxy_epochs, device=ctx.device)
+        scorer = f"proxy-mlp256-{o.proxy_epochs}ep"
     scores = el2n_scores(predict_proba(model, ctx.data, device=ctx.device), ctx.data.labels)
-    sign = -1.0 if keep == "hard" else 1.0
+    sign = -1.0 if o.keep == "hard" else 1.0
 
     def pick(rows: torch.Tensor, k: int, _g: torch.Generator) -> torch.Tensor:
         return torch.argsort(sign * rows, stable=True)[:k]

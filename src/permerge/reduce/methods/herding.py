@@ -12,7 +12,7 @@ import torch
 
 from ..coreset import select_per_class
 from ..features import features
-from ..registry import MethodResult, ReduceContext, register_method
+from ..registry import MethodResult, ReduceContext, ReduceOptions, register_method
 
 
 def herding_order(feats: torch.Tensor, k: int) -> torch.Tensor:
@@ -37,7 +37,7 @@ def herding_order(feats: torch.Tensor, k: int) -> torch.Tensor:
 
 
 @register_method("herding", kind="coreset")
-def herding(ctx: ReduceContext) -> MethodResult:
+def herding(ctx: ReduceContext, _opts: ReduceOptions) -> MethodResult:
     """Herding on penultimate features of ``--model`` (or on normalised pixels)."""
     feats, source = features(ctx.model, ctx.data, ctx.device)
     return select_per_class(ctx, feats, lambda rows, k, _g: herding_order(rows, k), {"features": source})

@@ -11,7 +11,7 @@ import torch
 
 from ..coreset import select_per_class
 from ..features import features
-from ..registry import MethodResult, ReduceContext, register_method
+from ..registry import MethodResult, ReduceContext, ReduceOptions, register_method
 
 
 def kcenter_order(feats: torch.Tensor, k: int) -> torch.Tensor:
@@ -34,7 +34,7 @@ def covering_radius(feats: torch.Tensor, centers: torch.Tensor) -> float:
 
 
 @register_method("kcenter", kind="coreset")
-def kcenter(ctx: ReduceContext) -> MethodResult:
+def kcenter(ctx: ReduceContext, _opts: ReduceOptions) -> MethodResult:
     """k-center greedy on penultimate features of ``--model`` (or on normalised pixels)."""
     feats, source = features(ctx.model, ctx.data, ctx.device)
     return select_per_class(ctx, feats, lambda rows, k, _g: kcenter_order(rows, k), {"features": source})

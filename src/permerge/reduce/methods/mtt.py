@@ -30,7 +30,7 @@ from ...augment import default_augment
 from ...errors import PermergeError
 from ...progress import progress_bar
 from ..condense import NetFactory, clamp_, finite_or_raise, fresh_net, init_synthetic, net_factory, synthetic_result
-from ..registry import MethodResult, ReduceContext, register_method
+from ..registry import MethodResult, ReduceContext, ReduceOptions, register_method
 
 
 class _Flat:
@@ -85,62 +85,64 @@ def _expert_trajectories(
     return trajectories
 
 
-@register_method("mtt", kind="condensation")
-def mtt(
-    ctx: ReduceContext,
-    *,
-    iterations: int = 400,
-    experts: int = 2,
-    expert_epochs: int = 10,
-    lr_teacher: float = 0.01,
-    batch_teacher: int = 256,
-    max_start_epoch: int = 5,
-    match_epochs: int = 2,
-    syn_steps: int = 20,
-    batch_syn: int = 0,
-    lr_img: float = 10.0,
-    momentum_img: float = 0.5,
-    lr_lr: float = 1e-5,
-    syn_lr_init: float = 0.01,
-    net: str = "auto",
-    init: str = "herding",
-    dsa: bool = False,
-    flip: bool | None = None,
-) -> MethodResult:
+class MTTOptions(ReduceOptions):
+    """MTT's settings, sized for a CPU (two experts of ten epochs)."""
+
+    iterations: int = 400
+    experts: int = 2
+    expert_epochs: int = 10
+    lr_teacher: float = 0.01
+    batch_teacher: int = 256
+    max_start_epoch: int = 5
+    match_epochs: int = 2
+    syn_steps: int = 20
+    batch_syn: int = 0
+    lr_img: float = 10.0
+    momentum_img: float = 0.5
+    lr_lr: float = 1e-5
+    syn_lr_init: float = 0.01
+    net: str = "auto"
+    init: str = "herding"
+    dsa: bool = False
+    flip: bool | None = None
+
+
+@register_method("mtt", MTTOptions, kind="condensation")
+def mtt(ctx: ReduceContext, o: MTTOptions) -> MethodResult:
     """Trajectory matching: students trained on the set must end where real-data experts do.
 
     ``batch_syn`` 0 means every synthetic image in each student step (the whole set is tiny).
     ``max_start_epoch + match_epochs`` must not exceed ``expert_epochs``.
     """
-    if max_start_epoch + match_epochs > expert_epochs:
+    if o.max_start_epoch + o.match_epochs > o.expert_epochs:
         raise PermergeError(
-            f"mtt: max_start_epoch ({max_start_epoch}) + match_epochs ({match_epochs}) "
-            f"must be <= expert_epochs ({expert_epochs})"
+            f"mtt: max_start_epoch ({o.max_start_epoch}) + match_epochs ({o.match_epochs}) "
+            f"must be <= expert_epochs ({o.expert_epochs})"
         )
-    factory, net_name = net_factory(ctx, net, "mlp" if ctx.data.image_shape[0] == 1 else "convnet")
+    factory, net_name = net_factory(ctx, o.net, "mlp" if ctx.data.image_shape[0] == 1 else "convnet")
     template = fresh_net(factory, ctx.generator, ctx.device).train()
     flat = _Flat(template)
     t0 = time.perf_counter()
-    trajectories = _expert_trajectories(ctx, factory, experts, expert_epochs, lr_teacher, batch_teacher)
+    trajectories = _expert_trajectories(ctx, factory, o.experts, o.expert_epochs, o.lr_teacher, o.batch_teacher)
     seconds_experts = time.perf_counter() - t0
 
-    aug = default_augment(ctx.data.image_shape[0], flip) if dsa else None
-    syn, labels, start = init_synthetic(ctx, init)
+    aug = default_augment(ctx.data.image_shape[0], o.flip) if o.dsa else None
+    syn, labels, start = init_synthetic(ctx, o.init)
     syn.requires_grad_(True)
-    syn_lr = torch.tensor(float(syn_lr_init), device=ctx.device, requires_grad=True)
-    opt_img = torch.optim.SGD([syn], lr=lr_img, momentum=momentum_img)
-    opt_lr = torch.optim.SGD([syn_lr], lr=lr_lr, momentum=0.5)
+    syn_lr = torch.tensor(float(o.syn_lr_init), device=ctx.device, requires_grad=True)
+    opt_img = torch.optim.SGD([syn], lr=o.lr_img, momentum=o.momentum_img)
+    opt_lr = torch.optim.SGD([syn_lr], lr=o.lr_lr, momentum=0.5)
     norm, g = ctx.data.normalization.apply, ctx.generator
     n_syn = len(labels)
-    bs = n_syn if batch_syn <= 0 else min(batch_syn, n_syn)
+    bs = n_syn if o.batch_syn <= 0 else min(o.batch_syn, n_syn)
     history: list[float] = []
-    with progress_bar(iterations, f"mtt ipc {ctx.ipc}", ctx.progress) as bar:
-        for it in range(iterations):
+    with progress_bar(o.iterations, f"mtt ipc {ctx.ipc}", ctx.progress) as bar:
+        for it in range(o.iterations):
             traj = trajectories[int(torch.randint(len(trajectories), (1,), generator=g))]
-            t = int(torch.randint(max_start_epoch + 1, (1,), generator=g))
-            w_start, w_target = traj[t], traj[t + match_epochs]
+            t = int(torch.randint(o.max_start_epoch + 1, (1,), generator=g))
+            w_start, w_target = traj[t], traj[t + o.match_epochs]
             w = w_start.clone().requires_grad_(True)
-            for _ in range(syn_steps):
+            for _ in range(o.syn_steps):
                 idx = torch.randperm(n_syn, generator=g)[:bs].to(ctx.device)
                 x = syn[idx]
                 if aug is not None:

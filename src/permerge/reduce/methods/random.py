@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 
 from ..coreset import select_per_class
-from ..registry import MethodResult, ReduceContext, register_method
+from ..registry import MethodResult, ReduceContext, ReduceOptions, register_method
 
 
 @register_method("random", kind="coreset")
-def random_coreset(ctx: ReduceContext) -> MethodResult:
+def random_coreset(ctx: ReduceContext, _opts: ReduceOptions) -> MethodResult:
     """Uniform class-balanced sample (seeded); needs no model."""
 
     def pick(rows: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:

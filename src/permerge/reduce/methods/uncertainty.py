@@ -11,17 +11,23 @@ import torch
 
 from ..coreset import select_per_class
 from ..features import predict_proba, proxy_model
-from ..registry import MethodResult, ReduceContext, register_method
+from ..registry import MethodResult, ReduceContext, ReduceOptions, register_method
 
 
-@register_method("uncertainty", kind="coreset")
-def uncertainty(ctx: ReduceContext, *, proxy_epochs: int = 2) -> MethodResult:
+class UncertaintyOptions(ReduceOptions):
+    """The proxy model's training when no ``--model`` is given."""
+
+    proxy_epochs: int = 2
+
+
+@register_method("uncertainty", UncertaintyOptions, kind="coreset")
+def uncertainty(ctx: ReduceContext, o: UncertaintyOptions) -> MethodResult:
     """Least-confidence scores from ``--model`` (or a 2-epoch proxy MLP); keep the highest."""
     model = ctx.model
     scorer = "model"
     if model is None:
-        model = proxy_model(ctx.data, ctx.generator, epochs=proxy_epochs, device=ctx.device)
-        scorer = f"proxy-mlp256-{proxy_epochs}ep"
+        model = proxy_model(ctx.data, ctx.generator, epochs=o.proxy_epochs, device=ctx.device)
+        scorer = f"proxy-mlp256-{o.proxy_epochs}ep"
     scores = 1.0 - predict_proba(model, ctx.data, device=ctx.device).max(1).values
 
     def pick(rows: torch.Tensor, k: int, _g: torch.Generator) -> torch.Tensor:

@@ -1,0 +1,138 @@
+"""A training run and an evaluation from dataset specs: the library side of ``permerge train``
+and ``permerge eval``.
+
+:func:`train_checkpoint` is what :func:`permerge.api.train` (the CLI's ``train``) and the
+grids' train tasks both call, so a model trained from the command line and one trained in a
+grid differ only in the options they are given. Unset options come from
+:func:`permerge.budgets.train_budget` (data-dependent) and :class:`~permerge.train.TrainConfig`
+(fixed defaults): the one source of training defaults.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import ValidationError
+
+from ._io import finite
+from ._limits import check_seed
+from ._outdir import OutputFolder
+from .budgets import train_budget
+from .checkpoint import Checkpoint, as_checkpoint, check_inputs, datasets_of, save_checkpoint
+from .data import ImageSet, load_dataset, parse_spec
+from .data.imageset import concat
+from .data.spec import input_paths, test_sets, test_spec
+from .device import resolve_device
+from .errors import PermergeError, first_error
+from .models import build_model, check_size, model_config_for
+from .train import TrainConfig, check_trained, evaluate, evaluate_many, train_model, train_size, train_val_split
+
+
+def check_train_options(options: dict[str, Any]) -> None:
+    """Unknown names and bad values of :class:`TrainConfig` fields, as one line, before loading."""
+    try:
+        TrainConfig(**{k: v for k, v in options.items() if v is not None})
+    except ValidationError as e:  # one line for the CLI, not pydantic's multi-line report
+        where, msg = first_error(e)
+        line = f"invalid training option {where!r}: {msg}" if where else f"training options: {msg}"
+        raise PermergeError(line) from None
+
+
+def train_checkpoint(
+    dataset: str | Sequence[str],
+    *,
+    model: str = "mlp",
+    seed: int = 0,
+    out: str | Path | None = None,
+    data_root: str | Path | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+    force: bool = False,
+    **train_options: Any,
+) -> Checkpoint:
+    """Train ``model`` on ``dataset`` (see :func:`permerge.api.train`, which is this function)."""
+    check_seed(seed)
+    specs = [dataset] if isinstance(dataset, str) else list(dataset)
+    folder = OutputFolder(out, inputs=input_paths(specs), force=force) if out is not None else None
+    check_train_options(train_options)  # bad names fail before loading
+    if not specs:
+        raise PermergeError("train needs at least one dataset")
+    parts = [load_dataset(s, "train", data_root=data_root, seed=seed) for s in specs]
+    data = parts[0] if len(parts) == 1 else concat(parts)
+    # Options left unset (or None) are chosen from the data: see permerge.budgets.
+    cfg, budget = train_budget(
+        train_options,
+        n_images=len(data),
+        n_train=lambda fraction: train_size(data.labels, fraction),
+        reduced=all(parse_spec(s).kind == "reduced" for s in specs),
+        channels=data.image_shape[0],
+    )
+    budget.announce()
+    split = train_val_split(data, cfg.val_fraction, seed=0)  # same validation part for every seed
+    mcfg = model_config_for(model, data.image_shape)
+    check_size(mcfg, copies=3)
+    torch.manual_seed(seed)
+    net = build_model(mcfg)
+    dev = resolve_device(device)
+    if cfg.precision == "fp16" and dev.type != "cuda":
+        raise PermergeError("precision fp16 needs a CUDA device; use bf16 for mixed precision on a CPU")
+    t0 = time.perf_counter()
+    name = "+".join(specs)
+    stats = train_model(
+        net, split.train, cfg, seed=seed, device=dev, progress=progress, description=f"train {model} on {name}"
+    )
+    net = net.cpu()
+    scores = _scores(net, split.train, split.val, specs, data_root)
+    check_trained(net, float(stats["final_train_loss"]), scores)
+    meta = {
+        "dataset": name,
+        **({"datasets": specs} if len(specs) > 1 else {}),
+        "seed": seed,
+        "train": cfg.model_dump(),
+        "budget": budget.to_dict(),
+        "normalization": data.normalization.to_dict(),
+        "scores": scores,
+        "wall_seconds": time.perf_counter() - t0,
+        **stats,
+        "permerge_kind": "trained",
+    }
+    ckpt = Checkpoint(model=net, config=mcfg, meta=finite(meta))
+    if folder is not None:
+        ckpt.path = save_checkpoint(folder, net, mcfg, ckpt.meta)
+    return ckpt
+
+
+def _scores(
+    net: torch.nn.Module, train: ImageSet, val: ImageSet | None, specs: list[str], data_root: str | Path | None
+) -> dict[str, Any]:
+    """Accuracy and loss on the training part, the validation part and the test set(s)."""
+    scores: dict[str, Any] = {"train": evaluate(net, train)}
+    if val is not None:
+        scores["val"] = evaluate(net, val)
+    try:
+        if len(specs) == 1:
+            scores["test"] = evaluate(net, load_dataset(test_spec(specs[0]), "test", data_root=data_root))
+        else:
+            scores["test"] = evaluate_many(net, test_sets(specs, data_root))
+    except PermergeError as e:  # e.g. a user npz without a test part
+        scores["test"] = {"error": str(e)}
+    return scores
+
+
+def evaluate_checkpoint(
+    model: str | Path | Checkpoint,
+    datasets: Sequence[str] | None = None,
+    *,
+    data_root: str | Path | None = None,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """Scores of a checkpoint on the test sets of ``datasets`` (default: what it was trained on)."""
+    ckpt = as_checkpoint(model)
+    specs = list(datasets) if datasets else datasets_of(ckpt)
+    sets = test_sets(specs, data_root)
+    check_inputs(ckpt, sets)
+    return evaluate_many(ckpt.model, sets, device=resolve_device(device))
