@@ -417,3 +417,15 @@ def test_angle_plot_has_a_panel_per_reducing_method(tmp_path: Path) -> None:
     labels = [t.get_text() for t in fig.axes[1].get_legend().get_texts()]  # type: ignore[attr-defined]
     assert set(labels) == {"wm [none]", "ste [full]", "dm@10", "random@1"}
     assert (tmp_path / "accuracy_vs_angle.png").stat().st_size > 10_000
+
+
+def test_runs_whose_method_now_gets_the_seed_have_new_keys() -> None:
+    """wm/pleas/zipit used seed 0 before seeds were forwarded: their seed-1/2 runs get a marker
+    (a new key, never an old stored result); seed-0 runs and STE/AM (always seeded) keep theirs."""
+    plan = make_plan(load_experiment("mnist-fmnist"))
+    merges = [t for t in plan.tasks if t.kind == "merge"]
+    for t in merges:
+        newly = t.params["method"] in ("wm", "pleas", "zipit") and t.params["seed"] != 0
+        assert t.params.get("seeded") is (True if newly else None), (t.params["method"], t.params["seed"])
+    assert any(t.params.get("seeded") for t in merges)
+    assert any(t.params["method"] == "ste" and t.params["seed"] == 1 and "seeded" not in t.params for t in merges)

@@ -80,7 +80,7 @@ class MergeParams(TaskParams):
     """Merge the models of train tasks ``a`` and ``b`` with ``method`` on ``data``."""
 
     kind: ClassVar[str] = "merge"
-    optional: ClassVar[tuple[str, ...]] = ("finetune", "finetune_options")
+    optional: ClassVar[tuple[str, ...]] = ("finetune", "finetune_options", "seeded")
     a: str  # train task keys
     b: str
     pair: list[str]  # the two source dataset specs
@@ -93,6 +93,10 @@ class MergeParams(TaskParams):
     curve: bool
     finetune: str | None = None
     finetune_options: dict[str, Any] | None = None
+    # True when ``seed`` is not 0 and reaches a method that used seed 0 before seeds were
+    # forwarded in one place (wm, pleas, zipit): the marker changes those runs' keys, so a store
+    # never mixes their old results with new ones (seed-0 runs keep their keys).
+    seeded: bool | None = None
 
 
 PARAMS: dict[str, type[TaskParams]] = {p.kind: p for p in (TrainParams, ReduceParams, EvaluateParams, MergeParams)}

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..data import parse_spec
+from ..merge.core import options_class
 from ..reduce import available_methods
 from .config import DataKind, ExperimentConfig, MergeEntry
 from .params import EvaluateParams, MergeParams, ReduceParams, TaskParams, TrainParams, reduced_ref
@@ -178,7 +179,15 @@ def _plan_merge(
         # absent unless set: earlier runs keep their keys
         finetune=entry.finetune if entry.finetune != "none" else None,
         finetune_options=entry.finetune_options if entry.finetune != "none" else None,
+        seeded=True if seed != 0 and _newly_seeded(entry.method) else None,
     )
     label = f"{entry.label} [{dlabel}] {row['pair']} seed {seed}"
     mt = task(params, deps=(ta.key, tb.key, *choice.deps), label=label)
     b.final(mt, **row, method=entry.label, data=dlabel, ipc=choice.ipc)
+
+
+def _newly_seeded(method: str) -> bool:
+    """Whether the run's seed reaches ``method`` only since seeds are forwarded in one place
+    (it has a ``seed`` option; ste, am and the finisher were already given the seed)."""
+    cls = options_class(method)
+    return method not in ("ste", "am") and cls is not None and "seed" in cls.model_fields
