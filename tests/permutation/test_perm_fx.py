@@ -239,6 +239,24 @@ class GatedNet(nn.Module):
         return self.head(self.a(x) * torch.sigmoid(self.b(x)))
 
 
+class CumsumNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.head = nn.Linear(4, 3), nn.Linear(3, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.cumsum(self.a(x), dim=1))  # order-dependent over the units
+
+
+class PickNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.head = nn.Linear(4, 3), nn.Linear(2, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.a(x)[:, :2])  # the first two units, by position
+
+
 class BranchNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -254,17 +272,24 @@ class BranchNet(nn.Module):
     ("model", "shape", "needle"),
     [
         (CatNet(), (2, 4), r"unsupported function cat at node cat"),
-        (AttnNet(), (2, 5, 4), r"unsupported module MultiheadAttention at node attn"),
+        (CumsumNet(), (2, 4), r"unsupported function cumsum at node cumsum \(test_perm_fx.py:\d+: .*cumsum"),
+        (PickNet(), (2, 4), r"unsupported function getitem at node getitem .*part of a permuted channel axis"),
         (GroupedConvNet(), (1, 2, 6, 6), r"grouped convolution \(c2\)"),
         (GroupNorm2Net(), (1, 1, 6, 6), r"GroupNorm with 2 groups"),
-        (GatedNet(), (2, 4), r"unsupported function mul at node mul"),
         (BranchNet(), (2, 4), r"cannot trace BranchNet"),
     ],
-    ids=["cat", "attention", "grouped-conv", "groupnorm-2", "gating", "control-flow"],
+    ids=["cat", "cumsum", "slice", "grouped-conv", "groupnorm-2", "control-flow"],
 )
 def test_unsupported_ops_are_refused(model, shape, needle):
     with pytest.raises(AlignmentError, match=needle):
         derive_spec(model, torch.randn(*shape))
+
+
+@pytest.mark.parametrize(("model", "shape"), [(GatedNet(), (2, 4)), (AttnNet(), (2, 5, 4))], ids=["gating", "mha"])
+def test_formerly_refused_models_now_derive(model, shape):
+    """A gate ties both branches' units; attention keeps its heads and permutes the stream."""
+    torch.manual_seed(0)
+    check_permutation_invariance(model, shape[1:])
 
 
 def test_wrong_example_input():

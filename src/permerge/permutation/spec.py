@@ -42,6 +42,9 @@ class PermutationSpec:
     # group name -> fx node names whose outputs carry the group's units (post-activation
     # where possible); activation matching reads its features there. Empty for hand specs.
     probes: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # probe node name -> the axis of its output that carries the units, where not axis 1
+    # (the last axis of a transformer's (batch, tokens, features) activations)
+    probe_axes: dict[str, int] = field(default_factory=dict)
     # param name -> [(axis, group name, block)], derived for fast application
     by_param: dict[str, tuple[tuple[int, str, int], ...]] = field(default_factory=dict)
 
