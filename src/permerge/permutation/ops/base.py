@@ -173,6 +173,10 @@ class Ctx:
             raise self.refuse(node, why)
         self.union(FIXED, ax.sid)
 
+    def pin(self, ax: Ax) -> None:
+        """Tie ``ax`` to the fixed space even if a layer made it: its units stay in place."""
+        self.union(FIXED, ax.sid)
+
     def produce(self, name: str) -> Ax:
         return Ax(self.new(name))
 

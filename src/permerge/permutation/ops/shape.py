@@ -33,7 +33,8 @@ def reshape_value(ctx: Ctx, node: fx.Node, x: TensorValue, in_shape: tuple[int, 
     same elements before it, if that axis holds a whole number of units per unit: merging
     trailing axes into it makes blocks (a conv map flattened for a linear head), splitting
     them off again undoes that. Splitting the units themselves (e.g. into attention heads)
-    ties the space to ``FIXED``."""
+    or interleaving them with another axis pins the space (ties it to ``FIXED``): a
+    permutation within each head is not one group of the spec, so those units stay put."""
     out_shape = shape(node)
     out = [Ax() for _ in out_shape]
     for d, ax in enumerate(x.axes):
@@ -42,7 +43,7 @@ def reshape_value(ctx: Ctx, node: fx.Node, x: TensorValue, in_shape: tuple[int, 
         units = in_shape[d] // ax.block
         e = _landing(out_shape, prod(in_shape[:d]), units)
         if e is None or ctx.live(out[e]):
-            ctx.fix(node, ax, f"reshape {in_shape}->{out_shape} splits or interleaves permuted channels")
+            ctx.pin(ax)  # e.g. q/k/v split into heads: kept in place (still the same function)
             continue
         out[e] = Ax(ax.sid, out_shape[e] // units)
     return TensorValue(tuple(out))
