@@ -49,8 +49,26 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def as_checkpoint(model: str | Path | Checkpoint) -> Checkpoint:
-    return model if isinstance(model, Checkpoint) else load_checkpoint(model)
+def as_checkpoint(
+    model: str | Path | Checkpoint,
+    arch_code: str | None = None,
+    arch_args: Any = None,
+    specs: Sequence[str] | None = None,
+    data_root: str | Path | None = None,
+) -> Checkpoint:
+    """A loaded checkpoint; with ``arch_code`` (a factory the user named) the model is built
+    by it, and a weights file without ``model.json`` takes its input shape from ``specs``."""
+    if isinstance(model, Checkpoint):
+        return model
+    if arch_code is None:
+        return load_checkpoint(model)
+
+    def in_shape() -> tuple[int, int, int]:
+        if not specs:
+            raise PermergeError(f"{model}: no model.json beside it; pass --datasets (the input shape comes from them)")
+        return load_dataset(test_spec(specs[0]), "test", data_root=data_root).image_shape
+
+    return load_checkpoint(model, arch_code, arch_args, in_shape)
 
 
 def test_spec(train_spec: str) -> str:
@@ -101,6 +119,8 @@ def train(
     device: str = "cpu",
     progress: bool = True,
     force: bool = False,
+    arch_code: str | None = None,
+    arch_args: Any = None,
     **train_options: Any,
 ) -> Checkpoint:
     """Train ``model`` on ``dataset`` (train split minus a validation part); save if ``out``.
@@ -140,7 +160,9 @@ def train(
     budget.announce()
     dataset = "+".join(specs)
     split = train_val_split(data, cfg.val_fraction, seed=0)  # same validation part for every seed
-    mcfg = model_config_for(model, data.image_shape)
+    if arch_code is not None:  # the user's own factory (see permerge.models.code)
+        model = "code:" + arch_code
+    mcfg = model_config_for(model, data.image_shape, **({"code_args": arch_args} if arch_args else {}))
     check_size(mcfg, copies=3)
     torch.manual_seed(seed)
     net = build_model(mcfg)
@@ -191,8 +213,10 @@ def evaluate_model(
     *,
     data_root: str | Path | None = None,
     device: str = "cpu",
+    arch_code: str | None = None,
+    arch_args: Any = None,
 ) -> dict[str, Any]:
-    ckpt = as_checkpoint(model)
+    ckpt = as_checkpoint(model, arch_code, arch_args, datasets, data_root)
     specs = list(datasets) if datasets else datasets_of(ckpt)
     sets = test_sets(specs, data_root)
     check_inputs(ckpt, sets)
@@ -238,6 +262,8 @@ def merge(
     device: str = "cpu",
     progress: bool = True,
     force: bool = False,
+    arch_code: str | None = None,
+    arch_args: Any = None,
 ) -> dict[str, Any]:
     """Merge two checkpoints, evaluate on both models' test sets, optionally save.
 
@@ -248,7 +274,8 @@ def merge(
     """
     check_seed(seed)
     folder = OutputFolder(out, inputs=_model_paths(a, b), force=force) if out is not None else None
-    ca, cb = as_checkpoint(a), as_checkpoint(b)
+    hint = list(datasets or []) or (None if isinstance(data, MergeData) else list(data or []))
+    ca, cb = (as_checkpoint(m, arch_code, arch_args, hint, data_root) for m in (a, b))
     md = data if isinstance(data, MergeData) or data is None else load_merge_data(data, data_root=data_root, seed=seed)
     eval_specs = list(datasets) if datasets else list(dict.fromkeys(datasets_of(ca) + datasets_of(cb)))
     tests = test_sets(eval_specs, data_root)  # fail on an unknown dataset before the slow part
@@ -324,13 +351,15 @@ def interpolate(
     device: str = "cpu",
     progress: bool = True,
     force: bool = False,
+    arch_code: str | None = None,
+    arch_args: Any = None,
 ) -> dict[str, Any]:
     """Accuracy/loss along lam for naive, aligned and ensemble lines; CSV + PNG in ``out``."""
     if isinstance(points, bool) or not isinstance(points, int) or points < 3 or points % 2 == 0 or points > 1001:
         raise PermergeError("--points must be an odd number from 3 to 1001 (the barrier needs lam = 0.5)")
     check_seed(seed)
     folder = OutputFolder(out, inputs=_model_paths(a, b), force=force) if out is not None else None
-    ca, cb = as_checkpoint(a), as_checkpoint(b)
+    ca, cb = (as_checkpoint(m, arch_code, arch_args, list(datasets or data or []), data_root) for m in (a, b))
     md = load_merge_data(data, data_root=data_root, seed=seed)
     eval_specs = list(datasets) if datasets else list(dict.fromkeys(datasets_of(ca) + datasets_of(cb)))
     tests = test_sets(eval_specs, data_root)

@@ -2,7 +2,7 @@
 
 from pydantic import ValidationError
 
-from . import cnn, mlp, resnet, vgg  # noqa: F401  (register the builders)
+from . import cnn, code, mlp, resnet, vgg  # noqa: F401  (register the builders)
 from .config import ModelConfig
 from .registry import available, build_model, register
 
@@ -30,6 +30,8 @@ def model_config_for(arch: str, in_shape: tuple[int, int, int], **kwargs: object
     """Config for ``arch`` on inputs of ``in_shape``; ``mlp:256x256`` style hidden widths accepted."""
     from ..errors import ModelError
 
+    if arch.startswith(code.PREFIX):  # the user names a factory: code:mypkg.models:build_net
+        return code.code_config(arch[len(code.PREFIX) :], kwargs.pop("code_args", None), in_shape)
     name, _, extra = arch.partition(":")
     fields: dict[str, object] = dict(kwargs)
     if extra:
