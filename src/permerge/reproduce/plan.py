@@ -42,6 +42,8 @@ def make_plan(cfg: ExperimentConfig) -> Plan:
 
     def train_task(datasets: list[str], seed: int, opts: dict[str, Any], eval_on: list[str] | None, label: str) -> Task:
         params: dict[str, Any] = {"datasets": datasets, "model": cfg.model, "seed": seed, "train": opts}
+        if cfg.model_args:  # a user factory's arguments (absent otherwise: existing keys unchanged)
+            params["model_args"] = dict(cfg.model_args)
         if eval_on:
             params["eval"] = eval_on
         t = Task("train", params, label=label)
@@ -113,6 +115,7 @@ def make_plan(cfg: ExperimentConfig) -> Plan:
                                 "seed": seed,
                                 "train": cfg.baselines.reduced_only_train,
                                 "eval": pair,
+                                **({"model_args": dict(cfg.model_args)} if cfg.model_args else {}),
                             },
                             deps=tuple(keys),
                             label=f"reduced-only {method}@{ipc} {pair_name} seed {seed}",

@@ -98,6 +98,10 @@ def execute(task: Task, ctx: RunContext) -> dict[str, Any]:
     # this directory has no result, so it is ours: clear what a SIGKILLed attempt left
     remove_stale_temps(directory)
     torch.set_num_threads(max(1, ctx.threads))
+    for code in ctx.extra.get("allow_code", ()):  # the config named it (``model: code:...``)
+        from ..models.code import allow
+
+        allow(code)
     t0 = time.perf_counter()
     # A grid's runs record their budgets in their results; its log lines (one per run, and
     # warnings about the deliberately tiny --quick budgets) would only clutter the output.
@@ -150,6 +154,7 @@ def _train(task: Task, ctx: RunContext, directory: Path) -> dict[str, Any]:
     ckpt = api.train(
         specs[0] if len(specs) == 1 else specs,
         model=p["model"],
+        arch_args=p.get("model_args"),
         seed=p["seed"],
         out=directory,
         data_root=ctx.data_root,
