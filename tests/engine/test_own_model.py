@@ -48,6 +48,7 @@ def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, data_root: Path) -> 
     return tmp_path
 
 
+@pytest.mark.slow
 def test_readme_commands_run(in_tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _, commands = readme_section()
     assert any("--arch-code" in c for c in commands)
@@ -112,3 +113,24 @@ def test_bad_arch_code(in_tmp: Path, capsys: pytest.CaptureFixture[str], code: s
     save_file(mynet.build_net().state_dict(), str(in_tmp / "w.safetensors"))
     err = cli_error(["eval", "w.safetensors", "--arch-code", code, *extra, "--datasets", "mnist"], capsys)
     assert needle in err
+
+
+@pytest.mark.slow
+def test_reproduce_grid_with_own_model(in_tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An experiment config names the factory (model: code:...); the grid's worker
+    processes build it and merge the pair."""
+    (in_tmp / "own.yaml").write_text(
+        "name: own\n"
+        "model: code:mynet:build_net\n"
+        "model_args: {depth: 1, width: 8}\n"
+        "pairs: [[mnist@20, fashion-mnist@20]]\n"
+        "seeds: [0]\n"
+        "train: {steps: 5, batch_size: 50}\n"
+        "merges:\n  - {method: average}\n  - {method: wm}\n"
+        "baselines: {sources: true, joint: false, reduced_only: false}\n"
+    )
+    main(["sweep", "own.yaml", "--out", "grid", "--workers", "1", "-q", "--json"])
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["failed"] == 0 and summary["finished"] >= 4
+    rows = json.loads((in_tmp / "grid/results.json").read_text())["rows"]
+    assert {r["method"] for r in rows if r.get("status") == "ok"} >= {"average", "wm"}
