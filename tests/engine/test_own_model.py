@@ -107,7 +107,9 @@ def test_foreign_weights_that_do_not_fit(in_tmp: Path, capsys: pytest.CaptureFix
     ],
     ids=["no-function", "no-module", "no-attribute", "bad-keyword", "bad-arg"],
 )
-def test_bad_arch_code(in_tmp: Path, capsys: pytest.CaptureFixture[str], code: str, extra: list[str], needle: str) -> None:
+def test_bad_arch_code(
+    in_tmp: Path, capsys: pytest.CaptureFixture[str], code: str, extra: list[str], needle: str
+) -> None:
     import mynet
 
     save_file(mynet.build_net().state_dict(), str(in_tmp / "w.safetensors"))
