@@ -108,6 +108,9 @@ def test_mlp_random_architectures(widths, channels, seed):
         ("resnet20:x2", (3, 32, 32), {"norm": "bn"}, 12),
         ("resnet20:x2", (3, 32, 32), {"norm": "ln"}, 12),
         ("resnet20", (1, 28, 28), {"norm": "none"}, 12),
+        # ViT: the residual stream + one MLP group per block (heads stay in place)
+        ("vit:tiny-d2", (1, 28, 28), {}, 3),
+        ("vit:tiny-p4-d1-w32-h2", (3, 32, 32), {}, 2),
     ],
 )
 def test_builtin_architectures(arch, in_shape, kwargs, n_groups):

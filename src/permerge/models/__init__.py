@@ -1,8 +1,8 @@
-"""Architectures (MLP, LeNet-style CNN, VGG-BN, ResNet-20) built from a ModelConfig."""
+"""Architectures (MLP, LeNet-style CNN, VGG-BN, ResNet-20, ViT, your own factory) built from a ModelConfig."""
 
 from pydantic import ValidationError
 
-from . import cnn, code, mlp, resnet, vgg  # noqa: F401  (register the builders)
+from . import cnn, code, mlp, resnet, vgg, vit  # noqa: F401  (register the builders)
 from .config import ModelConfig
 from .registry import available, build_model, register
 
@@ -35,7 +35,12 @@ def model_config_for(arch: str, in_shape: tuple[int, int, int], **kwargs: object
     name, _, extra = arch.partition(":")
     fields: dict[str, object] = dict(kwargs)
     if extra:
-        if name == "mlp":
+        if name == "vit":
+            try:
+                fields.update(vit.parse_vit(extra))
+            except ValueError as e:
+                raise ModelError(f"bad ViT spec {e} in {arch!r} (use e.g. vit:tiny or vit:tiny-p4-d6-w96-h3)") from None
+        elif name == "mlp":
             try:
                 fields["hidden"] = tuple(int(v) for v in extra.lower().split("x"))
             except ValueError:

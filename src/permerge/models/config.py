@@ -20,6 +20,11 @@ class ModelConfig(BaseModel):
     hidden: tuple[int, ...] = (512, 512, 512)  # MLP only
     width: float = Field(1.0, gt=0, allow_inf_nan=False)  # width multiplier (CNN, VGG, ResNet)
     norm: Literal["bn", "ln", "none"] = "bn"  # VGG / ResNet
+    # ViT: patch size, blocks, embedding width, heads (vit:tiny-p4-d6-w96-h3)
+    patch: int = Field(7, ge=1, le=MAX_IMAGE_SIDE)
+    depth: int = Field(4, ge=1, le=64)
+    dim: int = Field(64, ge=1, le=MAX_WIDTH)
+    heads: int = Field(4, ge=1, le=64)
     # arch "code": the user's factory ("mypkg.models:build_net") and its keyword arguments;
     # building it needs the user to name it (see permerge.models.code)
     code: str | None = None
@@ -58,6 +63,8 @@ class ModelConfig(BaseModel):
     def describe(self) -> str:
         if self.arch == "code":
             return f"{self.code}(" + ", ".join(f"{k}={v!r}" for k, v in self.code_args) + ")"
+        if self.arch == "vit":
+            return f"vit p{self.patch} d{self.depth} w{self.dim} h{self.heads}"
         if self.arch == "mlp":
             return "mlp " + "-".join(str(x) for x in (self.in_features, *self.hidden, self.num_classes))
         return f"{self.arch} x{self.width:g} ({self.norm})"
