@@ -126,7 +126,7 @@ def train(
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="output folder for model.safetensors + model.json")],
     model: Annotated[
-        str, typer.Option("--model", "-m", help="mlp, mlp:256x256, cnn, vgg11:0.5, vgg16, resnet20:x2, vit:tiny, vit:tiny-p4-d6")
+        str, typer.Option("--model", "-m", help="mlp, mlp:256x256, cnn, vgg11:0.5, vgg16, resnet20:x2, vit:tiny")
     ] = "mlp",
     seed: Seed = 0,
     epochs: Annotated[int | None, typer.Option(help="default: chosen from the data (see below)")] = None,
