@@ -83,14 +83,12 @@ def _conv(ctx: Ctx, node: fx.Node) -> Value:
     x = ctx.tensor(node, node.args[0])
     name = str(node.target)
     c = _channel_axis(ctx, node, x, len(mod.kernel_size), "convolution")
-    ax = x.axes[c]
-    if ctx.live(ax) and ax.block != 1:
-        raise ctx.refuse(node, "convolution over a flattened input")
+    ax = x.axes[c]  # blocks (channels laid out unit-major) are fine: weights follow per channel
     if mod.groups == 1:
         ctx.bind(ax, f"{name}.weight", 1)
         out = ctx.produce(name)
     elif mod.groups == mod.in_channels:
-        out = Ax(ax.sid, mod.out_channels // mod.in_channels)  # output o = c * k + j
+        out = Ax(ax.sid, ax.block * (mod.out_channels // mod.in_channels))  # output o = c * k + j
     else:
         ctx.fix(node, ax, f"grouped convolution ({name}) with {mod.groups} groups mixes channels across groups")
         out = Ax()  # permuting outputs would move them to other groups' inputs
@@ -104,9 +102,7 @@ def _conv(ctx: Ctx, node: fx.Node) -> Value:
 def _batchnorm(ctx: Ctx, node: fx.Node) -> Value:
     mod = ctx.module(node)
     x = ctx.tensor(node, node.args[0])
-    ax = x.axes[1] if x.ndim > 1 else x.axes[0]
-    if ctx.live(ax) and ax.block != 1:
-        raise ctx.refuse(node, "normalisation over a flattened conv map")
+    ax = x.axes[1] if x.ndim > 1 else x.axes[0]  # per-channel parameters: any block works
     for p in ("weight", "bias", "running_mean", "running_var"):
         if getattr(mod, p, None) is not None:
             ctx.bind(ax, f"{node.target}.{p}", 0)
@@ -137,8 +133,6 @@ def _groupnorm(ctx: Ctx, node: fx.Node) -> Value:
     assert isinstance(mod, nn.GroupNorm)
     x = ctx.tensor(node, node.args[0])
     ax = x.axes[1]
-    if ctx.live(ax) and ax.block != 1:
-        raise ctx.refuse(node, "normalisation over a flattened conv map")
     if mod.num_groups not in (1, mod.num_channels):
         ctx.fix(
             node,
