@@ -17,7 +17,8 @@ class Depthwise(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.c1, self.dw, self.bn, self.head = nn.Conv2d(2, 4, 3), nn.Conv2d(4, 8, 3, groups=4), nn.BatchNorm2d(8), nn.Linear(8, 3)
+        self.c1, self.dw = nn.Conv2d(2, 4, 3), nn.Conv2d(4, 8, 3, groups=4)
+        self.bn, self.head = nn.BatchNorm2d(8), nn.Linear(8, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(F.relu(self.bn(self.dw(F.relu(self.c1(x))))).amax((2, 3)))
