@@ -125,13 +125,36 @@ def test_depthwise_multiplier_is_a_block() -> None:
     assert refs[("dw.weight", 0)] == 2 and refs[("bn.weight", 0)] == 2 and ("dw.weight", 1) not in refs
 
 
-def test_heads_stay_in_place() -> None:
-    """Splitting q/k/v into heads pins them; the residual stream and MLP are still groups."""
+def test_within_head_groups() -> None:
+    """q/k/v split into 4 heads of 16: one permutation of 16 units repeated in every head
+    (12 repeats in the packed projection's outputs, 4 in the output projection's inputs)."""
     from permerge.models import build_model, model_config_for
 
     model = build_model(model_config_for("vit:tiny-d1", (1, 28, 28)))
     spec = derive_spec(model, torch.zeros(1, 1, 28, 28))
-    axes = {(a.param, a.axis) for g in spec.groups.values() for a in g.axes}
-    assert ("blocks.0.attn.qkv.weight", 1) in axes and ("blocks.0.attn.proj.weight", 0) in axes
-    assert ("blocks.0.attn.qkv.weight", 0) not in axes and ("blocks.0.attn.proj.weight", 1) not in axes
-    assert ("cls_token", 2) in axes and ("pos_embed", 2) in axes and ("pos_embed", 1) not in axes
+    refs = {(a.param, a.axis): (a.block, a.outer) for g in spec.groups.values() for a in g.axes}
+    assert refs[("blocks.0.attn.qkv.weight", 0)] == (1, 12) and refs[("blocks.0.attn.proj.weight", 1)] == (1, 4)
+    assert spec.groups["P_blocks.0.attn.qkv"].size == 16
+    assert ("cls_token", 2) in refs and ("pos_embed", 2) in refs and ("pos_embed", 1) not in refs
+
+
+class SeparateHeads(nn.Module):
+    """q, k, v as separate projections split into heads: a q/k group and a v/out group."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.q, self.k, self.v = nn.Linear(3, 8), nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 6)
+        self.out, self.head = nn.Linear(6, 8), nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x.flatten(2).transpose(1, 2))
+        b, t, _ = h.shape
+        q, k, v = (f(h).view(b, t, 2, -1).transpose(1, 2) for f in (self.q, self.k, self.v))
+        y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, 6)
+        return self.head((h + self.out(y)).mean(1))
+
+
+def test_separate_heads() -> None:
+    torch.manual_seed(0)
+    spec = check_permutation_invariance(SeparateHeads(), (3, 4, 4))
+    assert sorted(g.size for g in spec.groups.values()) == [3, 4, 8]  # v/out, q/k (per head), stream

@@ -31,6 +31,8 @@ def randomize_(model: nn.Module, g: torch.Generator) -> nn.Module:
                 m.bias.normal_(0.0, 0.5, generator=g)
             if isinstance(m, nn.Linear | nn.Conv2d) and m.bias is not None:
                 m.bias.normal_(0.0, 0.1, generator=g)
+            if isinstance(m, nn.MultiheadAttention) and m.in_proj_bias is not None:
+                m.in_proj_bias.normal_(0.0, 0.1, generator=g)
     return model.eval()
 
 
@@ -108,9 +110,9 @@ def test_mlp_random_architectures(widths, channels, seed):
         ("resnet20:x2", (3, 32, 32), {"norm": "bn"}, 12),
         ("resnet20:x2", (3, 32, 32), {"norm": "ln"}, 12),
         ("resnet20", (1, 28, 28), {"norm": "none"}, 12),
-        # ViT: the residual stream + one MLP group per block (heads stay in place)
-        ("vit:tiny-d2", (1, 28, 28), {}, 3),
-        ("vit:tiny-p4-d1-w32-h2", (3, 32, 32), {}, 2),
+        # ViT: the residual stream + per block a within-head q/k/v group and an MLP group
+        ("vit:tiny-d2", (1, 28, 28), {}, 5),
+        ("vit:tiny-p4-d1-w32-h2", (3, 32, 32), {}, 3),
     ],
 )
 def test_builtin_architectures(arch, in_shape, kwargs, n_groups):

@@ -4,9 +4,9 @@
 28x28 images) plus a class token and learned position embeddings; ``vit:tiny-p4-d6-w96-h3``
 style suffixes set the patch size, depth, width and heads. Attention is written out
 (q/k/v projection, ``scaled_dot_product_attention``, output projection) so the derived
-spec permutes the residual stream (embeddings, class token, every block's writes, norms)
-and each MLP's hidden units; the heads' q/k/v units stay in place (see
-``permutation/ops/attention.py``).
+spec permutes the residual stream (embeddings, class token, every block's writes, norms),
+each MLP's hidden units, and within each block's heads the q/k/v units (one permutation
+shared by every head; see ``permutation/ops/attention.py``).
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from ..errors import AlignmentError
 from .ops import FIXED, Ax, Ctx, TensorValue, Value, lookup
-from .ops.base import fixed_value, tensors_in
+from .ops.base import fixed_value, shape, tensors_in
 from .ops.elementwise import ACTIVATION_FUNCTIONS, ACTIVATION_METHODS
 from .ops.layers import ACTIVATION_MODULES
 from .spec import AxisRef, PermGroup, PermutationSpec
@@ -65,7 +65,7 @@ def derive_spec(model: nn.Module, example_input: torch.Tensor) -> PermutationSpe
     for node in gm.graph.nodes:
         ctx.values[node] = _visit(ctx, node, state)
     groups, names = _groups(ctx, state)
-    probes, axes = _probes(ctx, names)
+    probes, axes = _probes(ctx, names, {g.name: g.size for g in groups.values()})
     spec = PermutationSpec(groups, probes=probes, probe_axes=axes)
     spec.validate(state)
     return spec
@@ -122,7 +122,7 @@ def _groups(ctx: Ctx, state: dict[str, torch.Tensor]) -> tuple[dict[str, PermGro
     groups: dict[str, PermGroup] = {}
     for root, rs in refs.items():
         unique = tuple(dict.fromkeys(rs))
-        size = state[unique[0].param].shape[unique[0].axis] // unique[0].block
+        size = state[unique[0].param].shape[unique[0].axis] // (unique[0].block * unique[0].outer)
         groups[names[root]] = PermGroup(names[root], size, unique)
     return groups, {r: n for r, n in names.items() if n in groups}
 
@@ -135,9 +135,11 @@ def _is_activation(ctx: Ctx, node: fx.Node) -> bool:
     return node.op == "call_function" and node.target in ACTIVATION_FUNCTIONS
 
 
-def _probes(ctx: Ctx, names: dict[int, str]) -> tuple[dict[str, tuple[str, ...]], dict[str, int]]:
+def _probes(
+    ctx: Ctx, names: dict[int, str], sizes: dict[str, int]
+) -> tuple[dict[str, tuple[str, ...]], dict[str, int]]:
     """Per group, the nodes after a nonlinearity (else any node) that carry its units on
-    exactly one unflattened axis, and that axis per node."""
+    exactly one axis, once each (not flattened, not repeated per head), and that axis."""
     act: dict[str, list[str]] = {}
     anyn: dict[str, list[str]] = {}
     axis_of: dict[str, int] = {}
@@ -145,10 +147,12 @@ def _probes(ctx: Ctx, names: dict[int, str]) -> tuple[dict[str, tuple[str, ...]]
         if not isinstance(v, TensorValue) or node.op in ("placeholder", "output", "get_attr"):
             continue
         live = [(i, ax) for i, ax in enumerate(v.axes) if ctx.find(ax.sid) in names]
-        if len(live) != 1 or live[0][1].block != 1:
+        if len(live) != 1:
             continue
         i, ax = live[0]
         g = names[ctx.find(ax.sid)]
+        if shape(node)[i] != sizes[g]:  # blocks, head repeats (also a layer refined into heads later)
+            continue
         axis_of[node.name] = i
         anyn.setdefault(g, []).append(node.name)
         if _is_activation(ctx, node):

@@ -4,10 +4,12 @@ and ``nn.TransformerEncoderLayer`` / ``nn.TransformerEncoder``.
 The residual stream (the embedding axis every block reads and writes) is one group. A
 contraction ties the two contracted axes (``q @ k^T`` sums over q's and k's units alike, so
 one permutation of both leaves every score unchanged): single-head attention written by
-hand gets a q/k group and a v/out group. Splitting the embedding into several heads ties
-q/k/v to ``FIXED`` (a permutation within each head cannot be written as one group of the
-spec), and ``nn.MultiheadAttention`` keeps its packed q/k/v projections unpermuted: for
-these only the residual stream, the MLP hidden units, embeddings and tokens are permuted.
+hand gets a q/k group and a v/out group. Projections split into heads get a *within-head*
+group: one permutation of the ``head_dim`` units applied in every head (``AxisRef.outer``
+= heads; 3 x heads for a packed q/k/v projection, whose q, k and v then share it), tied
+through ``scaled_dot_product_attention`` and the merge of the heads into the output
+projection. ``nn.MultiheadAttention`` gets the same from its packed ``in_proj_weight``.
+Whole heads are not permuted (the order of the heads stays as it is).
 """
 
 from __future__ import annotations
@@ -83,6 +85,13 @@ def bind_mha(ctx: Ctx, node: fx.Node, mod: nn.MultiheadAttention, name: str, q: 
             raise ctx.refuse(node, "attention over a flattened conv map")
     if mod._qkv_same_embed_dim:
         ctx.bind(ctx.tie(node, [q, k, v]), f"{name}.in_proj_weight", 1)
+        if mod.bias_k is None:  # within-head units: one permutation for q, k, v of every head
+            heads = mod.num_heads
+            inner = ctx.produce(f"{name}.in_proj")
+            ctx.bind(inner, f"{name}.in_proj_weight", 0, outer=3 * heads)
+            if mod.in_proj_bias is not None:
+                ctx.bind(inner, f"{name}.in_proj_bias", 0, outer=3 * heads)
+            ctx.bind(inner, f"{name}.out_proj.weight", 1, outer=heads)
     else:
         for ax, p in ((q, "q"), (k, "k"), (v, "v")):
             ctx.bind(ax, f"{name}.{p}_proj_weight", 1)

@@ -35,11 +35,13 @@ _TORCH_DIR = os.path.dirname(torch.__file__)
 
 @dataclass(frozen=True)
 class Ax:
-    """One tensor axis: its channel space and the block size of its units (``unit * block
-    + offset``; >1 after flattening a conv map into the channel axis)."""
+    """One tensor axis: its channel space and how its units lie along it, as
+    ``(outer, units, block)``: ``block > 1`` after flattening a conv map into the channel
+    axis, ``outer > 1`` after merging attention heads (each a copy of the units) back."""
 
     sid: int = FIXED
     block: int = 1
+    outer: int = 1
 
 
 @dataclass(frozen=True)
@@ -159,7 +161,7 @@ class Ctx:
         """Tie axes that must be permuted alike; their blocks must agree (unless fixed)."""
         axes = list(axes)
         live = [a for a in axes if self.live(a)]
-        if any(a.block != live[0].block for a in live):
+        if any((a.block, a.outer) != (live[0].block, live[0].outer) for a in live):
             raise self.refuse(node, "combines tensors whose channels are laid out differently (flattened vs not)")
         for a in axes[1:]:
             self.union(axes[0].sid, a.sid)
@@ -187,8 +189,25 @@ class Ctx:
             self.producer[r] = name
             self.produced.append((ax.sid, name))
 
-    def bind(self, ax: Ax, param: str, axis: int, block: int | None = None) -> None:
-        self.bindings.append((ax.sid, AxisRef(param, axis, ax.block if block is None else block)))
+    def bind(self, ax: Ax, param: str, axis: int, block: int | None = None, outer: int | None = None) -> None:
+        ref = AxisRef(param, axis, ax.block if block is None else block, ax.outer if outer is None else outer)
+        self.bindings.append((ax.sid, ref))
+
+    def refine(self, ax: Ax, repeats: int) -> bool:
+        """Reinterpret a layer's fresh output space as ``repeats`` copies of fewer units (its
+        outputs split into heads): every weight axis bound to it so far gets ``outer *=
+        repeats``. Only for a space no other op has seen yet; False otherwise."""
+        root = self.find(ax.sid)
+        mine = [i for i, (sid, _) in enumerate(self.bindings) if self.find(sid) == root]
+        producers = [p for sid, p in self.produced if self.find(sid) == root]
+        if root == FIXED or len(producers) != 1 or ax.block != 1 or ax.outer != 1:
+            return False
+        if any(not self.bindings[i][1].param.startswith(producers[0] + ".") for i in mine):
+            return False
+        for i in mine:
+            sid, ref = self.bindings[i]
+            self.bindings[i] = (sid, AxisRef(ref.param, ref.axis, ref.block, ref.outer * repeats))
+        return True
 
     # --- values -------------------------------------------------------------------------
     def value(self, a: object) -> Value:

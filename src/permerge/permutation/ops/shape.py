@@ -13,39 +13,69 @@ from torch import fx, nn
 from .base import Ax, Ctx, TensorValue, Value, dim_of, fixed_value, handles, prod, shape
 
 
-def _landing(out_shape: tuple[int, ...], outer: int, units: int) -> int | None:
-    """The output axis that starts exactly where the units' axis did (same number of
-    elements before it) and holds whole units, major-first; None if there is none."""
+def _landing(out_shape: tuple[int, ...], before: int, units: int) -> tuple[int, int, int] | None:
+    """The output axis that holds whole units, major-first: ``(axis, outer, block)``.
+
+    ``before`` counts the elements ahead of the units in the flat layout (the axes before the
+    channel axis times its own repeats). The output axis must start at an element boundary
+    that divides ``before`` (what it merges in front are repeats of the units, e.g. heads)
+    and hold a multiple of ``outer * units`` elements (what it merges behind makes blocks)."""
     acc = 1
     for e, n in enumerate(out_shape):
-        if acc == outer and n % units == 0 and n > 1:
-            return e
-        acc *= n
-        if acc > outer:
+        if acc > before:
             return None
+        if before % acc == 0 and n % ((before // acc) * units) == 0 and n > 1:
+            return e, before // acc, n // ((before // acc) * units)
+        acc *= n
+    return None
+
+
+def _split_heads(
+    ctx: Ctx, node: fx.Node, ax: Ax, out_shape: tuple[int, ...], outer: int, size: int
+) -> tuple[int, int] | None:
+    """A layer's outputs split into ``repeats`` heads of ``units`` (``(N, T, H * d) -> (N, T,
+    H, d)``, also ``3 * H`` for packed q/k/v): the output axis holding the units and the
+    repeat count, after refining the layer's space; None if that is not the pattern."""
+    src = node.args[0]
+    if not isinstance(src, fx.Node) or len(src.users) != 1 or src.op not in ("call_module", "call_function"):
+        return None
+    acc = 1
+    for e, n in enumerate(out_shape):
+        if acc > outer * size:
+            return None
+        if acc % outer == 0 and acc > outer and size % (acc // outer) == 0 and n == size // (acc // outer):
+            repeats = acc // outer
+            if n > 1 and ctx.refine(ax, repeats):
+                return e, repeats
+            return None
+        acc *= n
     return None
 
 
 def reshape_value(ctx: Ctx, node: fx.Node, x: TensorValue, in_shape: tuple[int, ...]) -> TensorValue:
     """Any reshape (view, flatten, unflatten, squeeze, unsqueeze) from the traced shapes.
 
-    A channel axis of ``units`` units (each ``block`` wide) lands on the output axis with the
-    same elements before it, if that axis holds a whole number of units per unit: merging
-    trailing axes into it makes blocks (a conv map flattened for a linear head), splitting
-    them off again undoes that. Splitting the units themselves (e.g. into attention heads)
-    or interleaving them with another axis pins the space (ties it to ``FIXED``): a
-    permutation within each head is not one group of the spec, so those units stay put."""
+    A channel axis lands on the output axis that starts where it did: merging trailing axes
+    into it makes blocks (a conv map flattened for a linear head), merging leading ones makes
+    repeats (attention heads merged back), splitting them off again undoes that. A layer's
+    outputs split into heads become a within-head permutation shared by all heads. Any other
+    split or interleaving pins the space (ties it to ``FIXED``): those units stay in place."""
     out_shape = shape(node)
     out = [Ax() for _ in out_shape]
     for d, ax in enumerate(x.axes):
         if not ctx.live(ax) or in_shape[d] <= 1:
             continue
-        units = in_shape[d] // ax.block
-        e = _landing(out_shape, prod(in_shape[:d]), units)
-        if e is None or ctx.live(out[e]):
-            ctx.pin(ax)  # e.g. q/k/v split into heads: kept in place (still the same function)
+        units = in_shape[d] // (ax.block * ax.outer)
+        land = _landing(out_shape, prod(in_shape[:d]) * ax.outer, units)
+        if land is not None and not ctx.live(out[land[0]]):
+            e, outer, block = land
+            out[e] = Ax(ax.sid, block, outer)
             continue
-        out[e] = Ax(ax.sid, out_shape[e] // units)
+        heads = _split_heads(ctx, node, ax, out_shape, prod(in_shape[:d]), in_shape[d])
+        if heads is not None and not ctx.live(out[heads[0]]):
+            out[heads[0]] = Ax(ax.sid)
+            continue
+        ctx.pin(ax)  # e.g. units interleaved with another axis: kept in place (the same function)
     return TensorValue(tuple(out))
 
 
