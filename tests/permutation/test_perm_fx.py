@@ -235,6 +235,16 @@ class GroupNorm2Net(nn.Module):
         return self.head(F.adaptive_avg_pool2d(self.gn(self.c1(x)), 1).flatten(1))
 
 
+class GroupNormSumNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(1, 4, 3), nn.Conv2d(1, 4, 3)
+        self.gn, self.head = nn.GroupNorm(2, 4), nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(F.adaptive_avg_pool2d(self.gn(self.c1(x) + self.c2(x)), 1).flatten(1))
+
+
 class GatedNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -280,17 +290,21 @@ class BranchNet(nn.Module):
         (CumsumNet(), (2, 4), r"unsupported function cumsum at node cumsum \(test_perm_fx.py:\d+: .*cumsum"),
         (PickNet(), (2, 4), r"unsupported function getitem at node getitem .*part of a permuted channel axis"),
         (GroupedConvNet(), (1, 2, 6, 6), r"grouped convolution \(c2\)"),
-        (GroupNorm2Net(), (1, 1, 6, 6), r"GroupNorm with 2 groups"),
+        (GroupNormSumNet(), (1, 1, 6, 6), r"GroupNorm with 2 groups needs a permutation within its groups"),
         (BranchNet(), (2, 4), r"cannot trace BranchNet"),
     ],
-    ids=["cat", "cumsum", "slice", "grouped-conv", "groupnorm-2", "control-flow"],
+    ids=["cat", "cumsum", "slice", "grouped-conv", "groupnorm-2-of-a-sum", "control-flow"],
 )
 def test_unsupported_ops_are_refused(model, shape, needle):
     with pytest.raises(AlignmentError, match=needle):
         derive_spec(model, torch.randn(*shape))
 
 
-@pytest.mark.parametrize(("model", "shape"), [(GatedNet(), (2, 4)), (AttnNet(), (2, 5, 4))], ids=["gating", "mha"])
+@pytest.mark.parametrize(
+    ("model", "shape"),
+    [(GatedNet(), (2, 4)), (AttnNet(), (2, 5, 4)), (GroupNorm2Net(), (2, 1, 6, 6))],
+    ids=["gating", "mha", "groupnorm-2"],
+)
 def test_formerly_refused_models_now_derive(model, shape):
     """A gate ties both branches' units; attention keeps its heads and permutes the stream."""
     torch.manual_seed(0)

@@ -128,18 +128,25 @@ def _layernorm(ctx: Ctx, node: fx.Node) -> Value:
 @handles(nn.GroupNorm)
 def _groupnorm(ctx: Ctx, node: fx.Node) -> Value:
     """1 group (LayerNorm over C, H, W) or one per channel: any permutation of the channels
-    commutes with it. Other group counts would need permutations within groups: refused."""
+    commutes with it. G groups of C/G channels need the same group for every channel: the
+    conv feeding it gets a within-group permutation shared by all groups (``outer`` = G)."""
     mod = ctx.module(node)
     assert isinstance(mod, nn.GroupNorm)
     x = ctx.tensor(node, node.args[0])
     ax = x.axes[1]
-    if mod.num_groups not in (1, mod.num_channels):
-        ctx.fix(
-            node,
-            ax,
-            f"GroupNorm with {mod.num_groups} groups mixes channels across groups under permutation; "
-            "only 1 (LayerNorm) or C groups are supported",
-        )
+    if mod.num_groups not in (1, mod.num_channels) and ctx.live(ax):
+        src = node.args[0]
+        single = isinstance(src, fx.Node) and len(src.users) == 1 and src.op == "call_module"
+        if not (single and ctx.refine(ax, mod.num_groups)):
+            ctx.fix(
+                node,
+                ax,
+                f"GroupNorm with {mod.num_groups} groups needs a permutation within its groups, and its input "
+                "is not a single layer's fresh output",
+            )
+        else:
+            ax = Ax(ax.sid, 1, mod.num_groups)
+            x = x.with_axis(1, ax)
     for p in ("weight", "bias"):
         if getattr(mod, p, None) is not None:
             ctx.bind(ax, f"{node.target}.{p}", 0)
