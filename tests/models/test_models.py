@@ -126,5 +126,7 @@ def test_vit_arch_strings(arch, fields):
 
 
 def test_code_arch_needs_a_factory_name():
-    with pytest.raises(ModelError, match="invalid model config"):
+    with pytest.raises(ModelError, match=r"unknown model 'code'; known: .*or code:module:function"):
         model_config_for("code", (1, 28, 28))
+    with pytest.raises(Exception, match="go together"):
+        ModelConfig(arch="code")

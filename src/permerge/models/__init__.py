@@ -50,8 +50,9 @@ def model_config_for(arch: str, in_shape: tuple[int, int, int], **kwargs: object
                 fields["width"] = float(extra.lstrip("x"))
             except ValueError:
                 raise ModelError(f"bad width multiplier in {arch!r} (use e.g. resnet20:x2)") from None
-    if name not in available():
-        raise ModelError(f"unknown model {arch!r}; known: {', '.join(available())}")
+    if name not in available() or name == "code":
+        known = ", ".join(a for a in available() if a != "code")
+        raise ModelError(f"unknown model {arch!r}; known: {known}, or code:module:function (your own factory)")
     try:
         return ModelConfig(arch=name, in_shape=in_shape, **fields)
     except ValidationError as e:  # pydantic's own text spans several lines; the CLI prints one
