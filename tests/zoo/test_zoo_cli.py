@@ -71,3 +71,20 @@ def test_zoo_merges_from_the_cli(
     perm = json.loads((tmp_path / "merged" / "permutation.json").read_text())
     assert len(perm) >= ZOO[name].min_groups
     assert torch.isfinite(torch.tensor(r["scores"]["mean_acc"]))
+
+
+def test_interpolate_and_eval_with_arch_code(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """interpolate and eval take --arch-code too (foreign weights, input shape from --datasets)."""
+    monkeypatch.setenv("PERMERGE_DATA", str(shared_data()))
+    for side, seed in (("a", 0), ("b", 1)):
+        save_file(build("rescnn_mean", seed).state_dict(), str(tmp_path / f"{side}.safetensors"))
+    code = ["--arch-code", "zoo_models:build", "--arch-arg", "name=rescnn_mean"]
+    ds = "mnist:16x16:rgb[0-1]"
+    ab = [str(tmp_path / "a.safetensors"), str(tmp_path / "b.safetensors")]
+    main(["interpolate", *ab, *code, "--points", "3", "--datasets", ds, "--out", str(tmp_path / "curve"), "-q"])
+    assert (tmp_path / "curve" / "interpolation.csv").is_file() and "barriers" in capsys.readouterr().out
+    main(["eval", str(tmp_path / "a.safetensors"), *code, "--datasets", ds, "--json"])
+    r = json.loads(capsys.readouterr().out)
+    assert list(r["per_dataset"]) == ["mnist:16x16:rgb[0,1]"]
