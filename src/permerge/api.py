@@ -40,7 +40,7 @@ from .merge.interpolate import barrier, curve, plot, write_csv
 from .merge.sameinit import same_init_notes
 from .models import ModelConfig
 from .permutation.spec import Permutation, PermutationSpec
-from .runs import evaluate_checkpoint, train_checkpoint
+from .runs import evaluate_checkpoint, load_model, train_checkpoint
 from .train import evaluate_many
 
 
@@ -54,6 +54,8 @@ def train(
     device: str = "cpu",
     progress: bool = True,
     force: bool = False,
+    arch_code: str | None = None,
+    arch_args: Any = None,
     **train_options: Any,
 ) -> Checkpoint:
     """Train ``model`` on ``dataset`` (train split minus a validation part); save if ``out``.
@@ -77,6 +79,8 @@ def train(
         device=device,
         progress=progress,
         force=force,
+        arch_code=arch_code,
+        arch_args=arch_args,
         **train_options,
     )
 
@@ -91,9 +95,13 @@ def evaluate_model(
     *,
     data_root: str | Path | None = None,
     device: str = "cpu",
+    arch_code: str | None = None,
+    arch_args: Any = None,
 ) -> dict[str, Any]:
     """Scores of ``model`` on the test sets of ``datasets`` (default: what it was trained on)."""
-    return evaluate_checkpoint(model, datasets, data_root=data_root, device=device)
+    return evaluate_checkpoint(
+        model, datasets, data_root=data_root, device=device, arch_code=arch_code, arch_args=arch_args
+    )
 
 
 def save_permutation(path_dir: Path, spec: PermutationSpec, perm: Permutation) -> None:
@@ -126,6 +134,8 @@ def merge(
     device: str = "cpu",
     progress: bool = True,
     force: bool = False,
+    arch_code: str | None = None,
+    arch_args: Any = None,
 ) -> dict[str, Any]:
     """Merge two checkpoints, evaluate on both models' test sets, optionally save.
 
@@ -136,7 +146,8 @@ def merge(
     """
     check_seed(seed)
     folder = OutputFolder(out, inputs=_model_paths(a, b), force=force) if out is not None else None
-    ca, cb = as_checkpoint(a), as_checkpoint(b)
+    hint = list(datasets or []) or (None if isinstance(data, MergeData) else list(data or []))
+    ca, cb = (load_model(m, arch_code, arch_args, hint, data_root) for m in (a, b))
     md = data if isinstance(data, MergeData) or data is None else load_merge_data(data, data_root=data_root, seed=seed)
     eval_specs = list(datasets) if datasets else list(dict.fromkeys(datasets_of(ca) + datasets_of(cb)))
     tests = test_sets(eval_specs, data_root)  # fail on an unknown dataset before the slow part
@@ -209,13 +220,15 @@ def interpolate(
     device: str = "cpu",
     progress: bool = True,
     force: bool = False,
+    arch_code: str | None = None,
+    arch_args: Any = None,
 ) -> dict[str, Any]:
     """Accuracy/loss along lam for naive, aligned and ensemble lines; CSV + PNG in ``out``."""
     if isinstance(points, bool) or not isinstance(points, int) or points < 3 or points % 2 == 0 or points > 1001:
         raise PermergeError("--points must be an odd number from 3 to 1001 (the barrier needs lam = 0.5)")
     check_seed(seed)
     folder = OutputFolder(out, inputs=_model_paths(a, b), force=force) if out is not None else None
-    ca, cb = as_checkpoint(a), as_checkpoint(b)
+    ca, cb = (load_model(m, arch_code, arch_args, list(datasets or data or []), data_root) for m in (a, b))
     md = load_merge_data(data, data_root=data_root, seed=seed)
     eval_specs = list(datasets) if datasets else list(dict.fromkeys(datasets_of(ca) + datasets_of(cb)))
     tests = test_sets(eval_specs, data_root)

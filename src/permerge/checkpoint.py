@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import pickle
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -131,8 +131,18 @@ def _read_state(weights: Path) -> dict[str, torch.Tensor]:
         raise ModelError(f"{weights}: corrupt or truncated safetensors file ({e})") from None
 
 
-def load_checkpoint(path: str | Path) -> Checkpoint:
-    """Load a checkpoint folder, or a weights file with ``model.json`` beside it."""
+def load_checkpoint(
+    path: str | Path,
+    code: str | None = None,
+    code_args: Any = None,
+    in_shape: Callable[[], tuple[int, int, int]] | None = None,
+) -> Checkpoint:
+    """Load a checkpoint folder, or a weights file with ``model.json`` beside it.
+
+    ``code`` (``mypkg.models:build_net``, named by the user) builds the model with the user's
+    factory and ``code_args`` instead of the architecture in ``model.json``, which may then be
+    absent (a foreign safetensors file): the input shape comes from ``model.json`` if there
+    is one, else from ``in_shape()`` (the data the command was given)."""
     p = Path(path)
     if p.is_dir():
         weights, meta_path = p / WEIGHTS, p / META
@@ -140,12 +150,11 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         weights, meta_path = p, p.with_name(META)
     else:
         raise ModelError(f"{p}: no such model file or folder")
-    meta = _read_meta(meta_path)
-    try:
-        config = ModelConfig.model_validate(meta.pop("config"))
-    except ValidationError as e:
-        where, msg = first_error(e)
-        raise ModelError(f"{meta_path}: invalid architecture config ({where + ': ' if where else ''}{msg})") from None
+    if code is not None:
+        meta, config = _code_config(weights, meta_path, code, code_args, in_shape)
+    else:
+        meta = _read_meta(meta_path)
+        config = _stored_config(meta.pop("config"), meta_path)
     state = _read_state(weights)
     # check keys and shapes against a storage-free skeleton first: a crafted model.json
     # must not make us allocate a huge model before the weights file is found not to match
@@ -162,19 +171,53 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     return Checkpoint(model=model, config=config, meta=meta, path=p)
 
 
+def _stored_config(raw: Any, meta_path: Path) -> ModelConfig:
+    try:
+        return ModelConfig.model_validate(raw)
+    except ValidationError as e:
+        where, msg = first_error(e)
+        raise ModelError(f"{meta_path}: invalid architecture config ({where + ': ' if where else ''}{msg})") from None
+
+
+def _code_config(
+    weights: Path, meta_path: Path, code: str, code_args: Any, in_shape: Callable[[], tuple[int, int, int]] | None
+) -> tuple[dict[str, Any], ModelConfig]:
+    """Metadata (if any) and the config of the user's factory for a weights file."""
+    from .models.code import code_config
+
+    meta = _read_meta(meta_path) if meta_path.is_file() else {"config": None}
+    stored = meta.pop("config")
+    shape = stored.get("in_shape") if isinstance(stored, dict) else None
+    if shape is None:
+        if in_shape is None:
+            raise ModelError(f"{weights}: no {META} beside it; pass --datasets so the input shape is known")
+        shape = in_shape()
+    try:
+        return meta, code_config(code, code_args, tuple(shape))
+    except ValidationError as e:
+        raise ModelError(f"{meta_path}: invalid input shape {shape!r} ({e.errors()[0]['msg']})") from None
+
+
 def validate_state(model: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
+    """Keys, shapes, dtypes and finiteness of ``state`` against ``model``; the first few of
+    each kind of mismatch on one line (a foreign file's names and shapes at a glance)."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     extra = sorted(set(state) - set(expected))
-    if missing:
-        raise ModelError(f"{where}: missing tensors {missing[:4]}{'...' if len(missing) > 4 else ''}")
-    if extra:
-        raise ModelError(f"{where}: unexpected tensors {extra[:4]}{'...' if len(extra) > 4 else ''}")
+    shapes = [
+        f"tensor {k!r} has shape {tuple(state[k].shape)}, architecture expects {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    problems = [
+        *([f"missing tensors {missing[:4]}{'...' if len(missing) > 4 else ''}"] if missing else []),
+        *([f"unexpected tensors {extra[:4]}{'...' if len(extra) > 4 else ''}"] if extra else []),
+        *shapes[:3],
+        *([f"{len(shapes) - 3} more shape mismatches"] if len(shapes) > 3 else []),
+    ]
+    if problems:
+        raise ModelError(f"{where}: " + "; ".join(problems))
     for k, v in expected.items():
-        if tuple(state[k].shape) != tuple(v.shape):
-            raise ModelError(
-                f"{where}: tensor {k!r} has shape {tuple(state[k].shape)}, architecture expects {tuple(v.shape)}"
-            )
         # float16/float64 weights are cast on load, but integer, bool or complex data in place
         # of float weights (or the reverse) is not a model of this architecture
         if state[k].is_floating_point() != v.is_floating_point() or state[k].is_complex():

@@ -51,6 +51,17 @@ Force = Annotated[
     bool, typer.Option("--force", help="write --out even if it is an input's folder (the input is replaced)")
 ]
 Seed = Annotated[int, typer.Option("--seed", help="random seed, 0 to 4294967295")]
+ArchCode = Annotated[
+    str | None,
+    typer.Option(
+        "--arch-code",
+        help="your own model: module:function returning the nn.Module (imported from the current folder or "
+        "the environment because you name it here; model files never cause an import)",
+    ),
+]
+ArchArg = Annotated[
+    list[str] | None, typer.Option("--arch-arg", help="keyword argument for --arch-code's function, name=value")
+]
 
 
 def _split_specs(item: str) -> list[str]:
@@ -124,7 +135,7 @@ def train(
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="output folder for model.safetensors + model.json")],
     model: Annotated[
-        str, typer.Option("--model", "-m", help="mlp, mlp:256x256, cnn, vgg11:0.5, vgg16, resnet20:x2")
+        str, typer.Option("--model", "-m", help="mlp, mlp:256x256, cnn, vgg11:0.5, vgg16, resnet20:x2, vit:tiny")
     ] = "mlp",
     seed: Seed = 0,
     epochs: Annotated[int | None, typer.Option(help="default: chosen from the data (see below)")] = None,
@@ -151,6 +162,8 @@ def train(
             f"default {_train_default('precision')}"
         ),
     ] = None,
+    arch_code: ArchCode = None,
+    arch_arg: ArchArg = None,
     data_root: DataRoot = None,
     device: Device = "cpu",
     quiet: Quiet = False,
@@ -182,6 +195,8 @@ def train(
         val_fraction=val_fraction,
         precision=precision,
         force=force,
+        arch_code=arch_code,
+        arch_args=arch_arg,
     )
     s = ckpt.meta["scores"]
     if json_out:
@@ -200,12 +215,16 @@ def eval_(
     datasets: Annotated[
         list[str] | None, typer.Option("--datasets", help="comma-separated specs; default: the model's own")
     ] = None,
+    arch_code: ArchCode = None,
+    arch_arg: ArchArg = None,
     data_root: DataRoot = None,
     device: Device = "cpu",
     json_out: JsonOpt = False,
 ) -> None:
     """Accuracy and loss on each test set and their mean (the merged-model metric)."""
-    r = api.evaluate_model(model, _split_list(datasets), data_root=data_root, device=device)
+    r = api.evaluate_model(
+        model, _split_list(datasets), data_root=data_root, device=device, arch_code=arch_code, arch_args=arch_arg
+    )
     if json_out:
         _print_json(r)
     else:
@@ -245,6 +264,8 @@ def merge(
         list[str] | None, typer.Option("--datasets", help="evaluation specs; default: both models' datasets")
     ] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o")] = None,
+    arch_code: ArchCode = None,
+    arch_arg: ArchArg = None,
     seed: Seed = 0,
     data_root: DataRoot = None,
     device: Device = "cpu",
@@ -272,6 +293,8 @@ def merge(
         device=device,
         progress=not quiet and not json_out,
         force=force,
+        arch_code=arch_code,
+        arch_args=arch_arg,
     )
     _notes(r)
     if json_out:
@@ -315,6 +338,8 @@ def interpolate(
     repair: bool = False,
     opt: Annotated[list[str] | None, typer.Option("--opt")] = None,
     datasets: Annotated[list[str] | None, typer.Option("--datasets")] = None,
+    arch_code: ArchCode = None,
+    arch_arg: ArchArg = None,
     seed: Seed = 0,
     data_root: DataRoot = None,
     device: Device = "cpu",
@@ -339,6 +364,8 @@ def interpolate(
         device=device,
         progress=not quiet and not json_out,
         force=force,
+        arch_code=arch_code,
+        arch_args=arch_arg,
     )
     if json_out:
         _print_json(r)

@@ -22,7 +22,7 @@ from ._io import finite
 from ._limits import check_seed
 from ._outdir import OutputFolder
 from .budgets import train_budget
-from .checkpoint import Checkpoint, as_checkpoint, check_inputs, datasets_of, save_checkpoint
+from .checkpoint import Checkpoint, as_checkpoint, check_inputs, datasets_of, load_checkpoint, save_checkpoint
 from .data import ImageSet, load_dataset, parse_spec
 from .data.imageset import concat
 from .data.spec import input_paths, test_sets, test_spec
@@ -52,9 +52,14 @@ def train_checkpoint(
     device: str = "cpu",
     progress: bool = True,
     force: bool = False,
+    arch_code: str | None = None,
+    arch_args: Any = None,
     **train_options: Any,
 ) -> Checkpoint:
-    """Train ``model`` on ``dataset`` (see :func:`permerge.api.train`, which is this function)."""
+    """Train ``model`` on ``dataset`` (see :func:`permerge.api.train`, which is this function).
+
+    ``arch_code`` names the user's own factory (``module:function``, see
+    :mod:`permerge.models.code`); it replaces ``model``."""
     check_seed(seed)
     specs = [dataset] if isinstance(dataset, str) else list(dataset)
     folder = OutputFolder(out, inputs=input_paths(specs), force=force) if out is not None else None
@@ -73,7 +78,9 @@ def train_checkpoint(
     )
     budget.announce()
     split = train_val_split(data, cfg.val_fraction, seed=0)  # same validation part for every seed
-    mcfg = model_config_for(model, data.image_shape)
+    if arch_code is not None:  # the user's own factory (see permerge.models.code)
+        model = "code:" + arch_code
+    mcfg = model_config_for(model, data.image_shape, **({"code_args": arch_args} if arch_args else {}))
     check_size(mcfg, copies=3)
     torch.manual_seed(seed)
     net = build_model(mcfg)
@@ -129,10 +136,32 @@ def evaluate_checkpoint(
     *,
     data_root: str | Path | None = None,
     device: str = "cpu",
+    arch_code: str | None = None,
+    arch_args: Any = None,
 ) -> dict[str, Any]:
     """Scores of a checkpoint on the test sets of ``datasets`` (default: what it was trained on)."""
-    ckpt = as_checkpoint(model)
+    ckpt = load_model(model, arch_code, arch_args, datasets, data_root)
     specs = list(datasets) if datasets else datasets_of(ckpt)
     sets = test_sets(specs, data_root)
     check_inputs(ckpt, sets)
     return evaluate_many(ckpt.model, sets, device=resolve_device(device))
+
+
+def load_model(
+    model: str | Path | Checkpoint,
+    arch_code: str | None = None,
+    arch_args: Any = None,
+    specs: Sequence[str] | None = None,
+    data_root: str | Path | None = None,
+) -> Checkpoint:
+    """A loaded checkpoint; with ``arch_code`` (a factory the user named) the model is built
+    by it, and a weights file without ``model.json`` takes its input shape from ``specs``."""
+    if isinstance(model, Checkpoint) or arch_code is None:
+        return as_checkpoint(model)
+
+    def in_shape() -> tuple[int, int, int]:
+        if not specs:
+            raise PermergeError(f"{model}: no model.json beside it; pass --datasets (the input shape comes from them)")
+        return load_dataset(test_spec(specs[0]), "test", data_root=data_root).image_shape
+
+    return load_checkpoint(model, arch_code, arch_args, in_shape)

@@ -9,7 +9,7 @@ from torch import nn
 from permerge.errors import ModelError
 from permerge.models import ModelConfig, available, build_model, model_config_for
 
-ARCHS = ["mlp", "cnn", "vgg11", "vgg16", "resnet20"]
+ARCHS = ["mlp", "cnn", "vgg11", "vgg16", "resnet20", "vit", "code"]
 
 
 def test_available():
@@ -17,7 +17,7 @@ def test_available():
 
 
 @pytest.mark.parametrize("in_shape", [(1, 28, 28), (3, 32, 32)], ids=["28x28x1", "32x32x3"])
-@pytest.mark.parametrize("arch", ["mlp:64x32", "cnn", "vgg11:0.25", "vgg16:0.25", "resnet20"])
+@pytest.mark.parametrize("arch", ["mlp:64x32", "cnn", "vgg11:0.25", "vgg16:0.25", "resnet20", "vit:tiny-d1"])
 def test_logits_shape(arch, in_shape):
     torch.manual_seed(0)
     cfg = model_config_for(arch, in_shape)
@@ -89,6 +89,8 @@ def test_num_classes():
         ("vgg11", {"norm": "gn"}, "invalid model config"),
         ("mlp", {"num_classes": 1}, "invalid model config"),
         ("mlp", {"dropout": 0.5}, "invalid model config"),
+        ("vit:huge", {}, "bad ViT spec huge"),
+        ("vit:p0", {}, "invalid model config"),
     ],
 )
 def test_bad_configs(arch, kwargs, needle):
@@ -107,3 +109,24 @@ def test_config_is_frozen_and_round_trips():
     assert ModelConfig.model_validate(cfg.model_dump(mode="json")) == cfg
     with pytest.raises(Exception):  # noqa: B017  (pydantic's frozen-instance error)
         cfg.width = 3.0  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("arch", "fields"),
+    [
+        ("vit", {"patch": 7, "depth": 4, "dim": 64, "heads": 4}),
+        ("vit:tiny-p4-d6-w96-h3", {"patch": 4, "depth": 6, "dim": 96, "heads": 3}),
+        ("vit:small", {"patch": 4, "depth": 6, "dim": 128, "heads": 4}),
+    ],
+)
+def test_vit_arch_strings(arch, fields):
+    cfg = model_config_for(arch, (3, 32, 32))
+    assert {k: getattr(cfg, k) for k in fields} == fields
+    assert ModelConfig.model_validate(cfg.model_dump(mode="json")) == cfg
+
+
+def test_code_arch_needs_a_factory_name():
+    with pytest.raises(ModelError, match=r"unknown model 'code'; known: .*or code:module:function"):
+        model_config_for("code", (1, 28, 28))
+    with pytest.raises(Exception, match="go together"):
+        ModelConfig(arch="code")

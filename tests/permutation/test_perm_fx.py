@@ -31,6 +31,8 @@ def randomize_(model: nn.Module, g: torch.Generator) -> nn.Module:
                 m.bias.normal_(0.0, 0.5, generator=g)
             if isinstance(m, nn.Linear | nn.Conv2d) and m.bias is not None:
                 m.bias.normal_(0.0, 0.1, generator=g)
+            if isinstance(m, nn.MultiheadAttention) and m.in_proj_bias is not None:
+                m.in_proj_bias.normal_(0.0, 0.1, generator=g)
     return model.eval()
 
 
@@ -108,6 +110,9 @@ def test_mlp_random_architectures(widths, channels, seed):
         ("resnet20:x2", (3, 32, 32), {"norm": "bn"}, 12),
         ("resnet20:x2", (3, 32, 32), {"norm": "ln"}, 12),
         ("resnet20", (1, 28, 28), {"norm": "none"}, 12),
+        # ViT: the residual stream + per block a within-head q/k/v group and an MLP group
+        ("vit:tiny-d2", (1, 28, 28), {}, 5),
+        ("vit:tiny-p4-d1-w32-h2", (3, 32, 32), {}, 3),
     ],
 )
 def test_builtin_architectures(arch, in_shape, kwargs, n_groups):
@@ -230,6 +235,16 @@ class GroupNorm2Net(nn.Module):
         return self.head(F.adaptive_avg_pool2d(self.gn(self.c1(x)), 1).flatten(1))
 
 
+class GroupNormSumNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(1, 4, 3), nn.Conv2d(1, 4, 3)
+        self.gn, self.head = nn.GroupNorm(2, 4), nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(F.adaptive_avg_pool2d(self.gn(self.c1(x) + self.c2(x)), 1).flatten(1))
+
+
 class GatedNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -237,6 +252,24 @@ class GatedNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.a(x) * torch.sigmoid(self.b(x)))
+
+
+class CumsumNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.head = nn.Linear(4, 3), nn.Linear(3, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.cumsum(self.a(x), dim=1))  # order-dependent over the units
+
+
+class PickNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.head = nn.Linear(4, 3), nn.Linear(2, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.a(x)[:, :2])  # the first two units, by position
 
 
 class BranchNet(nn.Module):
@@ -254,17 +287,28 @@ class BranchNet(nn.Module):
     ("model", "shape", "needle"),
     [
         (CatNet(), (2, 4), r"unsupported function cat at node cat"),
-        (AttnNet(), (2, 5, 4), r"unsupported module MultiheadAttention at node attn"),
+        (CumsumNet(), (2, 4), r"unsupported function cumsum at node cumsum \(test_perm_fx.py:\d+: .*cumsum"),
+        (PickNet(), (2, 4), r"unsupported function getitem at node getitem .*part of a permuted channel axis"),
         (GroupedConvNet(), (1, 2, 6, 6), r"grouped convolution \(c2\)"),
-        (GroupNorm2Net(), (1, 1, 6, 6), r"GroupNorm with 2 groups"),
-        (GatedNet(), (2, 4), r"unsupported function mul at node mul"),
+        (GroupNormSumNet(), (1, 1, 6, 6), r"GroupNorm with 2 groups needs a permutation within its groups"),
         (BranchNet(), (2, 4), r"cannot trace BranchNet"),
     ],
-    ids=["cat", "attention", "grouped-conv", "groupnorm-2", "gating", "control-flow"],
+    ids=["cat", "cumsum", "slice", "grouped-conv", "groupnorm-2-of-a-sum", "control-flow"],
 )
 def test_unsupported_ops_are_refused(model, shape, needle):
     with pytest.raises(AlignmentError, match=needle):
         derive_spec(model, torch.randn(*shape))
+
+
+@pytest.mark.parametrize(
+    ("model", "shape"),
+    [(GatedNet(), (2, 4)), (AttnNet(), (2, 5, 4)), (GroupNorm2Net(), (2, 1, 6, 6))],
+    ids=["gating", "mha", "groupnorm-2"],
+)
+def test_formerly_refused_models_now_derive(model, shape):
+    """A gate ties both branches' units; attention keeps its heads and permutes the stream."""
+    torch.manual_seed(0)
+    check_permutation_invariance(model, shape[1:])
 
 
 def test_wrong_example_input():

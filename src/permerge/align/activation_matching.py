@@ -44,8 +44,9 @@ def probe_module(model: nn.Module, nodes: list[str]) -> fx.GraphModule:
     return gm
 
 
-def _features(t: torch.Tensor) -> torch.Tensor:
-    return t.movedim(1, -1).reshape(-1, t.shape[1]) if t.ndim > 2 else t
+def _features(t: torch.Tensor, axis: int = 1) -> torch.Tensor:
+    """(samples, units): every position along the other axes is one more sample."""
+    return t.movedim(axis, -1).reshape(-1, t.shape[axis]) if t.ndim > 2 or axis != 1 else t
 
 
 class _Stats:
@@ -98,7 +99,8 @@ def activation_correlations(problem: AlignProblem, opts: AMOptions) -> dict[str,
             acts_a = functional_call(gm, sa, (x,))
             acts_b = functional_call(gm, sb, (x,))
             for node, g in node_group.items():
-                stats[g].add(_features(acts_a[node]), _features(acts_b[node]))
+                axis = spec.probe_axes.get(node, 1)
+                stats[g].add(_features(acts_a[node], axis), _features(acts_b[node], axis))
             bar.advance()
     return {g: s.similarity(opts.criterion) for g, s in stats.items()}
 
@@ -114,11 +116,17 @@ def am_method(problem: AlignProblem, opts: AMOptions) -> Alignment:
         _, cols = solver.solve(c, maximize=True, warm=False)  # a cold solve: SciPy's answer, ties included
         perm[g] = torch.from_numpy(cols.astype(np.int64))
         mean_corr[g] = float(c[torch.arange(len(cols)), perm[g]].mean())
+    # groups no traced node exposes (units inside a leaf module such as a transformer
+    # encoder layer's MLP) keep their order: identity is always a valid permutation
+    unprobed = sorted(set(problem.spec.groups) - set(perm))
+    for g in unprobed:
+        perm[g] = torch.arange(problem.spec.groups[g].size)
     return Alignment(
         perm,
         {
             "seconds": time.perf_counter() - t0,
             "mean_matched_similarity": mean_corr,
             "assignment_backend": solver.used(),
+            **({"unprobed_groups": unprobed} if unprobed else {}),
         },
     )

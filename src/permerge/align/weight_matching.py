@@ -27,9 +27,12 @@ class WMOptions(BaseModel):
     seed: int = 0
 
 
-def _unit_rows(w: torch.Tensor, axis: int, n: int) -> torch.Tensor:
-    """``w`` as ``n x rest``: row ``i`` holds every weight attached to unit ``i``."""
-    return w.movedim(axis, 0).reshape(n, -1)
+def _unit_rows(w: torch.Tensor, axis: int, n: int, outer: int = 1) -> torch.Tensor:
+    """``w`` as ``n x rest``: row ``i`` holds every weight attached to unit ``i`` (in each of
+    the ``outer`` repeats of the units, e.g. every attention head)."""
+    if outer == 1:
+        return w.movedim(axis, 0).reshape(n, -1)
+    return w.movedim(axis, 0).reshape(outer, n, -1).transpose(0, 1).reshape(n, -1)
 
 
 @dataclass
@@ -105,16 +108,16 @@ class WeightMatcher:
         """
         ref = self.spec.groups[p].axes[i]
         shape = list(self.b[ref.param].shape)
-        shape[ref.axis] = ref.block
+        shape[ref.axis] = ref.block * ref.outer
         rest = shape[: ref.axis] + shape[ref.axis + 1 :]
-        index = torch.arange(math.prod(shape)).reshape(ref.block, *rest).movedim(0, ref.axis)
+        index = torch.arange(math.prod(shape)).reshape(shape[ref.axis], *rest).movedim(0, ref.axis)
         return permute_param(self.spec, ref.param, index, perm, skip_group=p).movedim(ref.axis, 0).reshape(-1)
 
     def _unpermuted_rows(self, p: str, i: int) -> torch.Tensor:
         rows = self._orig_rows.get((p, i))
         if rows is None:
             ref = self.spec.groups[p].axes[i]
-            rows = _unit_rows(self.b[ref.param], ref.axis, self.spec.groups[p].size).contiguous()
+            rows = _unit_rows(self.b[ref.param], ref.axis, self.spec.groups[p].size, ref.outer).contiguous()
             self._orig_rows[(p, i)] = rows
         return rows
 
@@ -139,7 +142,7 @@ class WeightMatcher:
             others = self._others(p, i, perm)
             hit = self._products.get((p, i))
             if hit is None or hit.others != others:
-                wa = _unit_rows(a[ref.param].detach().to(device=self.device, dtype=self.dtype), ref.axis, n)
+                wa = _unit_rows(a[ref.param].detach().to(device=self.device, dtype=self.dtype), ref.axis, n, ref.outer)
                 cols = self._src.get((p, i))
                 if cols is None or cols[0] != others:
                     cols = self._src[(p, i)] = (others, self._columns(p, i, perm))

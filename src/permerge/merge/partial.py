@@ -71,12 +71,13 @@ def pair_zip(scores: torch.Tensor, width: float) -> Zip:
     return Zip.from_clusters(clusters, n)
 
 
-def _apply(t: torch.Tensor, axis: int, mat: torch.Tensor, block: int) -> torch.Tensor:
-    """Contract ``t``'s ``axis`` (``n`` units, each ``block`` wide) with ``mat`` (``n x n'``)."""
+def _apply(t: torch.Tensor, axis: int, mat: torch.Tensor, block: int, outer: int = 1) -> torch.Tensor:
+    """Contract ``t``'s ``axis`` (``outer`` repeats of ``n`` units, each ``block`` wide) with
+    ``mat`` (``n x n'``)."""
     moved = t.movedim(axis, -1)
     lead = moved.shape[:-1]
-    units = moved.reshape(*lead, -1, block)  # (..., n, block)
-    out = torch.einsum("...nb,nm->...mb", units, mat.to(t.dtype))
+    units = moved.reshape(*lead, outer, -1, block)  # (..., outer, n, block)
+    out = torch.einsum("...onb,nm->...omb", units, mat.to(t.dtype))
     return out.reshape(*lead, -1).movedim(-1, axis)
 
 
@@ -98,7 +99,7 @@ def merge_state(
             coef = 1.0 if 0 in axes else 0.5  # no grouped output axis: a plain average
             for axis, (group, block) in sorted(axes.items()):
                 m_s, u_s = zips[group].side(s)
-                t = _apply(t, axis, m_s.T if axis == 0 else u_s, block)
+                t = _apply(t, axis, m_s.T if axis == 0 else u_s, block, spec.outer.get((name, axis), 1))
             total = total + coef * t
         out[name] = total.contiguous()
     return out

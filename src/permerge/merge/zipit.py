@@ -64,7 +64,8 @@ def joint_correlations(
     for x, _ in sample.batches(opts.batch_size, device=device):
         fa, fb = functional_call(gm, sa, (x,)), functional_call(gm, sb, (x,))
         for node, g in node_group.items():
-            f = torch.cat([_features(fa[node]), _features(fb[node])], dim=1).double().cpu()
+            axis = spec.probe_axes.get(node, 1)
+            f = torch.cat([_features(fa[node], axis), _features(fb[node], axis)], dim=1).double().cpu()
             sums[g] = sums.get(g, 0) + f.sum(0)
             prods[g] = prods.get(g, 0) + f.T @ f
             count[g] = count.get(g, 0) + len(f)

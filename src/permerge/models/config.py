@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .._limits import MAX_CHANNELS, MAX_IMAGE_SIDE, MAX_WIDTH
 
-Arch = Literal["mlp", "cnn", "vgg11", "vgg16", "resnet20"]
+Arch = Literal["mlp", "cnn", "vgg11", "vgg16", "resnet20", "vit", "code"]
 
 
 class ModelConfig(BaseModel):
@@ -20,6 +20,15 @@ class ModelConfig(BaseModel):
     hidden: tuple[int, ...] = (512, 512, 512)  # MLP only
     width: float = Field(1.0, gt=0, allow_inf_nan=False)  # width multiplier (CNN, VGG, ResNet)
     norm: Literal["bn", "ln", "none"] = "bn"  # VGG / ResNet
+    # ViT: patch size, blocks, embedding width, heads (vit:tiny-p4-d6-w96-h3)
+    patch: int = Field(7, ge=1, le=MAX_IMAGE_SIDE)
+    depth: int = Field(4, ge=1, le=64)
+    dim: int = Field(64, ge=1, le=MAX_WIDTH)
+    heads: int = Field(4, ge=1, le=64)
+    # arch "code": the user's factory ("mypkg.models:build_net") and its keyword arguments;
+    # building it needs the user to name it (see permerge.models.code)
+    code: str | None = None
+    code_args: tuple[tuple[str, str | int | float | bool], ...] = ()
 
     @field_validator("hidden")
     @classmethod
@@ -45,7 +54,17 @@ class ModelConfig(BaseModel):
             raise ValueError(f"width multiplier must be at most 1000, got {v:g}")
         return v
 
+    @model_validator(mode="after")
+    def _code_named(self) -> ModelConfig:
+        if (self.arch == "code") != (self.code is not None):
+            raise ValueError("arch 'code' and a factory name ('code') go together")
+        return self
+
     def describe(self) -> str:
+        if self.arch == "code":
+            return f"{self.code}(" + ", ".join(f"{k}={v!r}" for k, v in self.code_args) + ")"
+        if self.arch == "vit":
+            return f"vit p{self.patch} d{self.depth} w{self.dim} h{self.heads}"
         if self.arch == "mlp":
             return "mlp " + "-".join(str(x) for x in (self.in_features, *self.hidden, self.num_classes))
         return f"{self.arch} x{self.width:g} ({self.norm})"

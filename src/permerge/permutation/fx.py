@@ -1,132 +1,44 @@
 """Derive a PermutationSpec from a model by tracing it with ``torch.fx``.
 
-Every node's output gets a *channel space* (a union-find id) or the fixed space of the
-input/output. Handlers per op say how spaces flow: a Linear/Conv creates a new space for
-its outputs and binds its input axis to its input's space; norms, activations, pooling and
-dropout pass the space through; ``flatten`` turns a conv space into blocks; an addition
-unites both operands' spaces (a residual stream is one group). What reaches the output
-(the head's logits) or comes from the input is fixed. Any op without a handler raises:
-guessing would silently break the model's function.
+The traced graph is walked once in order; each node's op is looked up in a table of small
+handlers (:mod:`permerge.permutation.ops`), which give every axis of the node's output a
+*channel space* (union-find id) and bind weight axes to spaces. What reaches the output
+(the head's logits) or comes from the input is fixed; each remaining space made by a layer
+becomes one permutation group. Ops without a handler pass when none of their inputs carries
+permuted units (input preprocessing, shape arithmetic); otherwise they raise, naming the
+op, the node and the source line: guessing would silently break the model's function.
 """
 
 from __future__ import annotations
 
-import operator
-from dataclasses import dataclass
-
 import torch
-import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from ..errors import AlignmentError
+from .ops import FIXED, Ax, Ctx, TensorValue, Value, lookup
+from .ops.base import fixed_value, shape, tensors_in
+from .ops.elementwise import ACTIVATION_FUNCTIONS, ACTIVATION_METHODS
+from .ops.layers import ACTIVATION_MODULES
 from .spec import AxisRef, PermGroup, PermutationSpec
 
-FIXED = 0
-
-_PASS_MODULES = (
-    nn.ReLU,
-    nn.LeakyReLU,
-    nn.GELU,
-    nn.SiLU,
-    nn.Tanh,
-    nn.Sigmoid,
-    nn.ELU,
-    nn.Softplus,
-    nn.Identity,
-    nn.Dropout,
-    nn.Dropout2d,
-    nn.MaxPool2d,
-    nn.AvgPool2d,
-    nn.AdaptiveAvgPool2d,
-    nn.AdaptiveMaxPool2d,
-    nn.ReLU6,
-    nn.Hardswish,
-)
-_PASS_FUNCTIONS = {
-    F.relu,
-    F.gelu,
-    F.silu,
-    F.leaky_relu,
-    F.elu,
-    F.dropout,
-    F.max_pool2d,
-    F.avg_pool2d,
-    F.adaptive_avg_pool2d,
-    F.adaptive_max_pool2d,
-    torch.relu,
-    torch.tanh,
-    torch.sigmoid,
-    F.relu6,
-    F.hardswish,
-}
-_ACTIVATIONS = (
-    nn.ReLU,
-    nn.LeakyReLU,
-    nn.GELU,
-    nn.SiLU,
-    nn.Tanh,
-    nn.Sigmoid,
-    nn.ELU,
-    nn.Softplus,
-    nn.ReLU6,
-    nn.Hardswish,
-)
-_ACT_FUNCTIONS = {
-    F.relu,
-    F.gelu,
-    F.silu,
-    F.leaky_relu,
-    F.elu,
-    torch.relu,
-    torch.tanh,
-    torch.sigmoid,
-    F.relu6,
-    F.hardswish,
-}
-_PASS_METHODS = {"relu", "sigmoid", "tanh", "contiguous", "clone", "detach", "float", "relu_"}
-_ADD = {operator.add, operator.iadd, torch.add}
-_SCALE = {operator.mul, operator.truediv, operator.imul, torch.mul}
+__all__ = ["FIXED", "derive_spec", "trace"]
 
 
-@dataclass(frozen=True)
-class Space:
-    """A node's channel space: union-find id plus block size (>1 after a conv flatten)."""
-
-    sid: int
-    block: int = 1
-
-
-class _UnionFind:
-    def __init__(self) -> None:
-        self.parent: list[int] = [FIXED]
-
-    def new(self) -> int:
-        self.parent.append(len(self.parent))
-        return len(self.parent) - 1
-
-    def find(self, i: int) -> int:
-        while self.parent[i] != i:
-            self.parent[i] = self.parent[self.parent[i]]
-            i = self.parent[i]
-        return i
-
-    def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra == rb:
-            return
-        # FIXED always stays the root so "is fixed" is find(x) == FIXED
-        if rb == FIXED:
-            ra, rb = rb, ra
-        self.parent[rb] = ra
-
-
-def derive_spec(model: nn.Module, example_input: torch.Tensor) -> PermutationSpec:
-    """Trace ``model`` and return its permutation groups (the head and input stay fixed)."""
+def trace(model: nn.Module) -> fx.GraphModule:
+    """``torch.fx`` trace that keeps each node's source line (for error messages)."""
+    tracer = fx.Tracer()
+    tracer.record_stack_traces = True
     try:
-        gm = fx.symbolic_trace(model)
+        graph = tracer.trace(model)
     except Exception as e:  # tracing failures come in many types
-        raise AlignmentError(f"cannot trace {type(model).__name__} with torch.fx: {e}") from None
+        first = " ".join(str(e).split())[:300]
+        raise AlignmentError(f"cannot trace {type(model).__name__} with torch.fx: {first}") from None
+    return fx.GraphModule(tracer.root, graph, type(model).__name__)
+
+
+def _propagate(model: nn.Module, gm: fx.GraphModule, example_input: torch.Tensor) -> None:
+    """Record every node's output shape, leaving each module's train/eval mode as it was."""
     # gm shares its submodules with ``model``: restore each one's own mode afterwards
     # (a blanket ``train(was_training)`` would, e.g., unfreeze a BN kept in eval mode).
     modes = [(m, m.training) for m in (*model.modules(), *gm.modules())]
@@ -142,178 +54,110 @@ def derive_spec(model: nn.Module, example_input: torch.Tensor) -> PermutationSpe
     finally:
         for m, mode in modes:
             m.training = mode
-    modules = dict(gm.named_modules())
-    uf = _UnionFind()
-    space: dict[fx.Node, Space] = {}
-    axes: list[tuple[int, AxisRef]] = []  # (space id, axis)
 
-    def shape(n: fx.Node) -> tuple[int, ...]:
-        meta = n.meta.get("tensor_meta")
-        return tuple(meta.shape) if meta is not None else ()
 
-    def arg_space(n: fx.Node, a: object) -> Space:
-        if not isinstance(a, fx.Node):
-            raise AlignmentError(f"node {n.name}: expected a tensor argument")
-        return space[a]
-
-    def bind(s: Space, param: str, axis: int) -> None:
-        axes.append((s.sid, AxisRef(param, axis, s.block)))
-
-    for node in gm.graph.nodes:
-        if node.op == "placeholder":
-            space[node] = Space(FIXED)
-        elif node.op == "output":
-            out = node.args[0]
-            for o in out if isinstance(out, (tuple, list)) else (out,):
-                if isinstance(o, fx.Node):
-                    uf.union(space[o].sid, FIXED)
-        elif node.op == "call_module":
-            mod = modules[node.target]
-            s_in = arg_space(node, node.args[0])
-            name = str(node.target)
-            if isinstance(mod, (nn.Linear, nn.Conv2d, nn.Conv1d)):
-                if isinstance(mod, nn.Conv2d | nn.Conv1d) and mod.groups != 1:
-                    raise AlignmentError(f"node {node.name}: grouped convolution ({name}) is not supported")
-                if isinstance(mod, nn.Conv2d | nn.Conv1d) and s_in.block != 1:
-                    raise AlignmentError(f"node {node.name}: convolution over a flattened input")
-                bind(s_in, f"{name}.weight", 1)
-                s_out = Space(uf.new())
-                bind(s_out, f"{name}.weight", 0)
-                if mod.bias is not None:
-                    bind(s_out, f"{name}.bias", 0)
-                space[node] = s_out
-            elif isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)):
-                _bind_norm(mod, name, s_in, bind, node, buffers=True)
-                space[node] = s_in
-            elif isinstance(mod, nn.GroupNorm):
-                if mod.num_groups not in (1, mod.num_channels):
-                    raise AlignmentError(
-                        f"node {node.name}: GroupNorm with {mod.num_groups} groups mixes channels "
-                        "across groups under permutation; only 1 (LayerNorm) or C groups are supported"
-                    )
-                _bind_norm(mod, name, s_in, bind, node, buffers=False)
-                space[node] = s_in
-            elif isinstance(mod, nn.LayerNorm):
-                if len(mod.normalized_shape) != 1 or len(shape(node)) != 2:
-                    raise AlignmentError(f"node {node.name}: LayerNorm is supported over features of 2-D inputs only")
-                _bind_norm(mod, name, s_in, bind, node, buffers=False)
-                space[node] = s_in
-            elif isinstance(mod, nn.Flatten):
-                space[node] = _flatten(node, s_in, shape(node.args[0]))
-            elif isinstance(mod, _PASS_MODULES):
-                space[node] = s_in
-            else:
-                raise AlignmentError(
-                    f"unsupported module {type(mod).__name__} at node {node.name} ({name}); "
-                    "pass a hand-written PermutationSpec instead"
-                )
-        elif node.op == "call_function":
-            fn = node.target
-            if fn in _PASS_FUNCTIONS:
-                space[node] = arg_space(node, node.args[0])
-            elif fn in _ADD:
-                tensors = [a for a in node.args if isinstance(a, fx.Node)]
-                s0 = space[tensors[0]]
-                for other in tensors[1:]:
-                    if space[other].block != s0.block:
-                        raise AlignmentError(f"node {node.name}: adding tensors with different layouts")
-                    uf.union(s0.sid, space[other].sid)
-                space[node] = s0
-            elif fn in _SCALE and sum(isinstance(a, fx.Node) for a in node.args) == 1:
-                space[node] = space[next(a for a in node.args if isinstance(a, fx.Node))]
-            elif fn is torch.flatten:
-                start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
-                if start != 1:
-                    raise AlignmentError(f"node {node.name}: flatten from dim {start} (only 1 is supported)")
-                space[node] = _flatten(node, arg_space(node, node.args[0]), shape(node.args[0]))
-            else:
-                raise AlignmentError(f"unsupported function {getattr(fn, '__name__', fn)} at node {node.name}")
-        elif node.op == "call_method":
-            if node.target in _PASS_METHODS:
-                space[node] = arg_space(node, node.args[0])
-            elif node.target in ("view", "reshape", "flatten"):
-                src = node.args[0]
-                assert isinstance(src, fx.Node)
-                in_shape, out_shape = shape(src), shape(node)
-                if len(out_shape) == 2 and len(in_shape) >= 2 and out_shape[0] == in_shape[0]:
-                    space[node] = _flatten(node, space[src], in_shape)
-                elif in_shape == out_shape:
-                    space[node] = space[src]
-                else:
-                    raise AlignmentError(f"unsupported reshape {in_shape}->{out_shape} at node {node.name}")
-            elif node.target == "size":
-                space[node] = Space(FIXED)
-            else:
-                raise AlignmentError(f"unsupported method .{node.target}() at node {node.name}")
-        elif node.op == "get_attr":
-            raise AlignmentError(f"unsupported direct parameter use {node.target} at node {node.name}")
-        else:
-            raise AlignmentError(f"unsupported op {node.op} at node {node.name}")
-
+def derive_spec(model: nn.Module, example_input: torch.Tensor) -> PermutationSpec:
+    """Trace ``model`` and return its permutation groups (the head and input stay fixed)."""
+    gm = trace(model)
+    _propagate(model, gm, example_input)
+    ctx = Ctx(gm)
     state = model.state_dict()
-    by_root: dict[int, list[AxisRef]] = {}
-    for sid, ref in axes:
-        root = uf.find(sid)
-        if root != FIXED:
-            by_root.setdefault(root, []).append(ref)
-    groups: dict[str, PermGroup] = {}
-    root_name: dict[int, str] = {}
-    for root, refs in by_root.items():
-        # name a group after the first layer whose outputs it reorders
-        producer = next((r for r in refs if r.axis == 0), refs[0]).param.rsplit(".", 1)[0]
-        name = f"P_{producer}"
-        unique = tuple(dict.fromkeys(refs))
-        size = state[unique[0].param].shape[unique[0].axis] // unique[0].block
-        groups[name] = PermGroup(name, size, unique)
-        root_name[root] = name
-    spec = PermutationSpec(groups, probes=_probes(gm, modules, space, uf, root_name))
+    for node in gm.graph.nodes:
+        ctx.values[node] = _visit(ctx, node, state)
+    groups, names = _groups(ctx, state)
+    probes, axes = _probes(ctx, names, {g.name: g.size for g in groups.values()})
+    spec = PermutationSpec(groups, probes=probes, probe_axes=axes)
     spec.validate(state)
     return spec
 
 
+def _visit(ctx: Ctx, node: fx.Node, state: dict[str, torch.Tensor]) -> Value:
+    if node.op == "placeholder":
+        return fixed_value(node.meta.get("tensor_meta"))
+    if node.op == "output":
+        for t in tensors_in(ctx.value(node.args[0])):
+            for ax in t.axes:
+                ctx.union(FIXED, ax.sid)
+        return None
+    if node.op == "get_attr":
+        return _parameter(ctx, node, state)
+    handler = lookup(node, ctx.modules)
+    if handler is not None:
+        return handler(ctx, node)
+    # no handler: fine as long as nothing permuted flows in (ties stray parameter axes)
+    for a in (*node.args, *node.kwargs.values()):
+        for t in tensors_in(ctx.value(a)):
+            for ax in t.axes:
+                ctx.fix(node, ax, "no handler for an op that touches permuted channels")
+    return fixed_value(node.meta.get("tensor_meta"))
+
+
+def _parameter(ctx: Ctx, node: fx.Node, state: dict[str, torch.Tensor]) -> Value:
+    """A parameter read directly: each axis gets its own space, permuted only if it is tied
+    to a layer's units later (a position embedding added to the residual stream)."""
+    name = str(node.target)
+    if name not in state:
+        return fixed_value(node.meta.get("tensor_meta"))
+    axes = []
+    for i in range(state[name].ndim):
+        ax = Ax(ctx.new())
+        ctx.bind(ax, name, i)
+        axes.append(ax)
+    return TensorValue(tuple(axes))
+
+
+def _groups(ctx: Ctx, state: dict[str, torch.Tensor]) -> tuple[dict[str, PermGroup], dict[int, str]]:
+    """One group per space made by a layer and not tied to the fixed space, named after the
+    first layer (in graph order) whose outputs it reorders."""
+    names: dict[int, str] = {}
+    for sid, producer in ctx.produced:
+        root = ctx.find(sid)
+        if root != FIXED and root not in names:
+            names[root] = f"P_{producer}"
+    refs: dict[int, list[AxisRef]] = {}
+    for sid, ref in ctx.bindings:
+        root = ctx.find(sid)
+        if root in names:
+            refs.setdefault(root, []).append(ref)
+    groups: dict[str, PermGroup] = {}
+    for root, rs in refs.items():
+        unique = tuple(dict.fromkeys(rs))
+        size = state[unique[0].param].shape[unique[0].axis] // (unique[0].block * unique[0].outer)
+        groups[names[root]] = PermGroup(names[root], size, unique)
+    return groups, {r: n for r, n in names.items() if n in groups}
+
+
+def _is_activation(ctx: Ctx, node: fx.Node) -> bool:
+    if node.op == "call_module":
+        return isinstance(ctx.modules[str(node.target)], ACTIVATION_MODULES)
+    if node.op == "call_method":
+        return node.target in ACTIVATION_METHODS
+    return node.op == "call_function" and node.target in ACTIVATION_FUNCTIONS
+
+
 def _probes(
-    gm: fx.GraphModule,
-    modules: dict[str, nn.Module],
-    space: dict[fx.Node, Space],
-    uf: _UnionFind,
-    root_name: dict[int, str],
-) -> dict[str, tuple[str, ...]]:
-    """Per group, the nodes after a nonlinearity (else any node) that carry its units."""
+    ctx: Ctx, names: dict[int, str], sizes: dict[str, int]
+) -> tuple[dict[str, tuple[str, ...]], dict[str, int]]:
+    """Per group, the nodes after a nonlinearity (else any node) that carry its units on
+    exactly one axis, once each (not flattened, not repeated per head), and that axis."""
     act: dict[str, list[str]] = {}
     anyn: dict[str, list[str]] = {}
-    for node in gm.graph.nodes:
-        s = space.get(node)
-        if s is None or s.block != 1 or node.op in ("placeholder", "output"):
+    axis_of: dict[str, int] = {}
+    for node, v in ctx.values.items():
+        if not isinstance(v, TensorValue) or node.op in ("placeholder", "output", "get_attr"):
             continue
-        name = root_name.get(uf.find(s.sid))
-        if name is None:
+        live = [(i, ax) for i, ax in enumerate(v.axes) if ctx.find(ax.sid) in names]
+        if len(live) != 1:
             continue
-        anyn.setdefault(name, []).append(node.name)
-        is_act = (node.op == "call_module" and isinstance(modules[node.target], _ACTIVATIONS)) or (
-            node.op == "call_function" and node.target in _ACT_FUNCTIONS
-        )
-        if is_act:
-            act.setdefault(name, []).append(node.name)
-    return {g: tuple(act.get(g) or anyn.get(g, [])) for g in root_name.values()}
-
-
-def _bind_norm(mod: nn.Module, name: str, s_in: Space, bind, node: fx.Node, buffers: bool) -> None:
-    if s_in.block != 1:
-        raise AlignmentError(f"node {node.name}: normalisation over a flattened conv map")
-    for p in ("weight", "bias"):
-        if getattr(mod, p, None) is not None:
-            bind(s_in, f"{name}.{p}", 0)
-    if buffers and getattr(mod, "running_mean", None) is not None:
-        bind(s_in, f"{name}.running_mean", 0)
-        bind(s_in, f"{name}.running_var", 0)
-
-
-def _flatten(node: fx.Node, s_in: Space, in_shape: tuple[int, ...]) -> Space:
-    if len(in_shape) <= 2:
-        return s_in
-    if s_in.sid == FIXED:
-        return s_in
-    block = 1
-    for d in in_shape[2:]:
-        block *= int(d)
-    return Space(s_in.sid, s_in.block * block)
+        i, ax = live[0]
+        g = names[ctx.find(ax.sid)]
+        if shape(node)[i] != sizes[g]:  # blocks, head repeats (also a layer refined into heads later)
+            continue
+        axis_of[node.name] = i
+        anyn.setdefault(g, []).append(node.name)
+        if _is_activation(ctx, node):
+            act.setdefault(g, []).append(node.name)
+    probes = {g: tuple(act.get(g) or anyn.get(g, [])) for g in names.values()}
+    probes = {g: p for g, p in probes.items() if p}
+    used = {n for p in probes.values() for n in p}
+    return probes, {n: a for n, a in axis_of.items() if n in used and a != 1}

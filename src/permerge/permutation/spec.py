@@ -2,8 +2,10 @@
 
 A *group* is one set of interchangeable units (the channels of a conv, the neurons of a
 hidden layer, or the residual stream shared by several layers). Each axis in a group is an
-``AxisRef(param, axis, block)``; ``block > 1`` marks a linear layer fed by a flattened
-conv map, whose inputs move in blocks of ``H * W`` per channel.
+``AxisRef(param, axis, block, outer)``: the axis is laid out as ``(outer, units, block)``.
+``block > 1`` marks a linear layer fed by a flattened conv map, whose inputs move in blocks
+of ``H * W`` per channel; ``outer > 1`` repeats the units, e.g. a q/k/v projection whose
+outputs are ``heads`` copies of one within-head permutation.
 
 A permutation maps each group name to a LongTensor ``perm``; applying it gives the model
 whose unit ``i`` is the original unit ``perm[i]`` (``index_select`` semantics). Such a
@@ -27,6 +29,7 @@ class AxisRef:
     param: str
     axis: int
     block: int = 1
+    outer: int = 1
 
 
 @dataclass(frozen=True)
@@ -42,8 +45,13 @@ class PermutationSpec:
     # group name -> fx node names whose outputs carry the group's units (post-activation
     # where possible); activation matching reads its features there. Empty for hand specs.
     probes: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # probe node name -> the axis of its output that carries the units, where not axis 1
+    # (the last axis of a transformer's (batch, tokens, features) activations)
+    probe_axes: dict[str, int] = field(default_factory=dict)
     # param name -> [(axis, group name, block)], derived for fast application
     by_param: dict[str, tuple[tuple[int, str, int], ...]] = field(default_factory=dict)
+    # (param name, axis) -> outer repeat of the units where it is not 1
+    outer: dict[tuple[str, int], int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.by_param:
@@ -52,6 +60,9 @@ class PermutationSpec:
                 for ax in g.axes:
                     table.setdefault(ax.param, []).append((ax.axis, g.name, ax.block))
             object.__setattr__(self, "by_param", {k: tuple(v) for k, v in table.items()})
+        if not self.outer:
+            reps = {(a.param, a.axis): a.outer for g in self.groups.values() for a in g.axes if a.outer != 1}
+            object.__setattr__(self, "outer", reps)
 
     @classmethod
     def from_dict(
@@ -86,7 +97,11 @@ class PermutationSpec:
 
     def to_json(self) -> dict[str, object]:
         return {
-            g.name: {"size": g.size, "axes": [[a.param, a.axis, a.block] for a in g.axes]} for g in self.groups.values()
+            g.name: {
+                "size": g.size,
+                "axes": [[a.param, a.axis, a.block, *([a.outer] if a.outer != 1 else [])] for a in g.axes],
+            }
+            for g in self.groups.values()
         }
 
 
@@ -96,19 +111,25 @@ def _group_size(name: str, axes: tuple[AxisRef, ...], state: Mapping[str, torch.
         if a.param not in state:
             raise AlignmentError(f"group {name}: no parameter {a.param!r} in the model")
         n = state[a.param].shape[a.axis]
-        if n % a.block:
-            raise AlignmentError(f"group {name}: {a.param} axis {a.axis} ({n}) is not a multiple of block {a.block}")
-        sizes.add(n // a.block)
+        if n % (a.block * a.outer):
+            raise AlignmentError(
+                f"group {name}: {a.param} axis {a.axis} ({n}) is not a multiple of block {a.block} x outer {a.outer}"
+            )
+        sizes.add(n // (a.block * a.outer))
     if len(sizes) != 1:
         raise AlignmentError(f"group {name}: axes have different unit counts {sorted(sizes)}")
     return sizes.pop()
 
 
-def expand_block(perm: torch.Tensor, block: int) -> torch.Tensor:
-    """Unit permutation -> index permutation of an axis laid out as ``unit * block + offset``."""
-    if block == 1:
+def expand_block(perm: torch.Tensor, block: int, outer: int = 1) -> torch.Tensor:
+    """Unit permutation -> index permutation of an axis laid out as
+    ``(repeat * units + unit) * block + offset``."""
+    if block == 1 and outer == 1:
         return perm
-    return (perm.view(-1, 1) * block + torch.arange(block).view(1, -1)).reshape(-1)
+    n = len(perm)
+    offsets = torch.arange(block, device=perm.device).view(1, 1, -1)
+    repeats = torch.arange(outer, device=perm.device).view(-1, 1, 1) * (n * block)
+    return (repeats + perm.view(1, -1, 1) * block + offsets).reshape(-1)
 
 
 def permute_param(
@@ -118,7 +139,7 @@ def permute_param(
     for axis, group, block in spec.by_param.get(name, ()):
         if group == skip_group:
             continue
-        value = value.index_select(axis, expand_block(perm[group], block))
+        value = value.index_select(axis, expand_block(perm[group], block, spec.outer.get((name, axis), 1)))
     return value
 
 

@@ -135,6 +135,8 @@ class ExperimentConfig(_Frozen):
     name: str
     description: str = ""
     model: str
+    # keyword arguments of a user factory named as ``model: code:mypkg.models:build_net``
+    model_args: dict[str, str | int | float | bool] = Field(default_factory=dict)
     pairs: tuple[tuple[str, str], ...]
     seeds: tuple[int, ...] = (0, 1, 2)
     # Model B of seed s is trained with seed s + b_seed_offset: two models from one
@@ -193,7 +195,7 @@ class ExperimentConfig(_Frozen):
         from ..models import model_config_for
 
         try:
-            model_config_for(self.model, (1, 28, 28))
+            model_config_for(self.model, (1, 28, 28), **({"code_args": self.model_args} if self.model_args else {}))
             for pair in self.pairs:
                 for spec in pair:
                     parse_spec(spec)

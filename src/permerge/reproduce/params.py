@@ -48,12 +48,13 @@ class TrainParams(TaskParams):
     """Train ``model`` on ``datasets`` (jointly when several) with exactly ``train``."""
 
     kind: ClassVar[str] = "train"
-    optional: ClassVar[tuple[str, ...]] = ("eval",)
+    optional: ClassVar[tuple[str, ...]] = ("eval", "model_args")
     datasets: list[str]  # dataset specs or reduced_ref(...)
     model: str
     seed: int
     train: dict[str, Any]  # TrainConfig fields; unset ones take TrainConfig's fixed defaults
     eval: list[str] | None = None  # also score on these (the pair's) test sets: joint / reduced-only
+    model_args: dict[str, Any] | None = None  # arguments of a user factory (model: code:...)
 
 
 class ReduceParams(TaskParams):

@@ -64,7 +64,14 @@ class _Builder:
     def train(
         self, datasets: list[str], seed: int, opts: dict[str, Any], eval_on: list[str] | None, label: str
     ) -> Task:
-        params = TrainParams(datasets=datasets, model=self.cfg.model, seed=seed, train=opts, eval=eval_on or None)
+        params = TrainParams(
+            datasets=datasets,
+            model=self.cfg.model,
+            seed=seed,
+            train=opts,
+            eval=eval_on or None,
+            model_args=dict(self.cfg.model_args) or None,  # a user factory's arguments
+        )
         t = task(params, label=label)
         self.trains.setdefault(t.key, t)
         return t

@@ -60,7 +60,11 @@ def reproduce(
     _prepare_out(root, cfg)
     store_root = Path(store) if store is not None else root
     ctx = RunContext(
-        root=str(store_root.resolve()), data_root=None if data_root is None else str(data_root), device=device
+        root=str(store_root.resolve()),
+        data_root=None if data_root is None else str(data_root),
+        device=device,
+        # a factory the config names (model: code:mypkg.models:build_net) may be imported by the workers
+        allow_code=(cfg.model[5:],) if cfg.model.startswith("code:") else (),
     )
     ex = (
         get_executor(executor, workers=workers, address=address, gpus_per_run=gpus_per_run)

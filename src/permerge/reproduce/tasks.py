@@ -58,6 +58,8 @@ class RunContext:
     data_root: str | None = None
     device: str = "cpu"
     threads: int = 1
+    # user factories the config named (model: code:mypkg.models:build_net): workers may import them
+    allow_code: tuple[str, ...] = ()
 
     def task_dir(self, kind: str, key: str) -> Path:
         return Path(self.root) / "runs" / kind / key
@@ -98,6 +100,10 @@ def execute(task: Task, ctx: RunContext) -> dict[str, Any]:
     # this directory has no result, so it is ours: clear what a SIGKILLed attempt left
     remove_stale_temps(directory)
     torch.set_num_threads(max(1, ctx.threads))
+    for code in ctx.allow_code:  # the config named it (``model: code:...``)
+        from ..models.code import allow
+
+        allow(code)
     t0 = time.perf_counter()
     # A grid's runs record their budgets in their results; its log lines (one per run, and
     # warnings about the deliberately tiny --quick budgets) would only clutter the output.
@@ -150,6 +156,7 @@ def _train(task: Task, ctx: RunContext, directory: Path) -> dict[str, Any]:
     ckpt = train_checkpoint(
         specs[0] if len(specs) == 1 else specs,
         model=p.model,
+        arch_args=p.model_args,
         seed=p.seed,
         out=directory,
         data_root=ctx.data_root,
