@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -675,6 +676,22 @@ def _show_log_lines(args: list[str]) -> None:
 def main(argv: list[str] | None = None) -> None:
     if argv is None and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminated)  # only as the program, not when called in tests
+        try:
+            _main(argv)
+        except SystemExit as e:
+            if e.code in (130, 143):
+                # Interrupted or killed: everything has unwound (temporary files removed,
+                # workers stopped). Skip the interpreter's exit handlers: the process pool's
+                # one writes to a pipe its stopped manager closed and prints a traceback.
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(int(e.code))
+            raise
+        return
+    _main(argv)
+
+
+def _main(argv: list[str] | None) -> None:
     args = _expand_multi(list(sys.argv[1:] if argv is None else argv))
     _show_log_lines(args)
     try:

@@ -53,15 +53,25 @@ def _start(tmp_path: Path, shared_data: Path, **popen: object) -> Started:
 
 
 def _wait_for_workers(proc: subprocess.Popen[str], n: int = 2) -> list[int]:
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.communicate()[1][-2000:]
         pids = _workers(proc.pid)
-        if len(pids) >= n:
-            time.sleep(4.0)  # imports done, runs under way (each training takes ~30 s)
+        if len(pids) >= n and all(_loaded_torch(p) for p in pids):
+            # torch is the slow import (seconds on a loaded machine; a signal during it is
+            # a traceback by design); the rest is quick, then runs are under way (~30 s each)
+            time.sleep(3.0)
             return pids
         time.sleep(0.2)
     pytest.fail("the pool's workers did not start")
+
+
+def _loaded_torch(pid: int) -> bool:
+    """Whether a process has mapped torch's core library (its import is well under way)."""
+    try:
+        return "libtorch_cpu" in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return False
 
 
 def test_a_killed_worker_fails_its_runs_not_the_grid(tmp_path: Path, shared_data: Path) -> None:
