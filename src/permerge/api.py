@@ -43,46 +43,9 @@ from .permutation.spec import Permutation, PermutationSpec
 from .runs import evaluate_checkpoint, load_model, train_checkpoint
 from .train import evaluate_many
 
-
-def train(
-    dataset: str | Sequence[str],
-    *,
-    model: str = "mlp",
-    seed: int = 0,
-    out: str | Path | None = None,
-    data_root: str | Path | None = None,
-    device: str = "cpu",
-    progress: bool = True,
-    force: bool = False,
-    arch_code: str | None = None,
-    arch_args: Any = None,
-    **train_options: Any,
-) -> Checkpoint:
-    """Train ``model`` on ``dataset`` (train split minus a validation part); save if ``out``.
-
-    ``train_options`` are :class:`~permerge.train.TrainConfig` fields; those not given (or
-    given as ``None``) are chosen from the data by :func:`permerge.budgets.train_budget`
-    (e.g. a reduced set of 100 images: 3,000 steps with DSA augmentation), logged on the
-    ``permerge.budget`` logger and recorded as ``meta["budget"]``.
-
-    Several datasets train one model jointly on their union (the upper bound a merge is
-    compared with); the model is then scored on each of their test sets. ``out`` is checked
-    before training (see :class:`~permerge._outdir.OutputFolder`); a run that diverges raises
-    :class:`~permerge.errors.TrainingError` and writes nothing.
-    """
-    return train_checkpoint(
-        dataset,
-        model=model,
-        seed=seed,
-        out=out,
-        data_root=data_root,
-        device=device,
-        progress=progress,
-        force=force,
-        arch_code=arch_code,
-        arch_args=arch_args,
-        **train_options,
-    )
+# The library's training run is the face's: one signature, one docstring
+# (:func:`permerge.runs.train_checkpoint`).
+train = train_checkpoint
 
 
 def _model_paths(*models: str | Path | Checkpoint) -> list[str | Path | None]:

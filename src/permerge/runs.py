@@ -56,10 +56,21 @@ def train_checkpoint(
     arch_args: Any = None,
     **train_options: Any,
 ) -> Checkpoint:
-    """Train ``model`` on ``dataset`` (see :func:`permerge.api.train`, which is this function).
+    """Train ``model`` on ``dataset`` (train split minus a validation part); save if ``out``.
+
+    ``train_options`` are :class:`~permerge.train.TrainConfig` fields; those not given (or
+    given as ``None``) are chosen from the data by :func:`permerge.budgets.train_budget`
+    (e.g. a reduced set of 100 images: 3,000 steps with DSA augmentation), logged on the
+    ``permerge.budget`` logger and recorded as ``meta["budget"]``.
+
+    Several datasets train one model jointly on their union (the upper bound a merge is
+    compared with); the model is then scored on each of their test sets. ``out`` is checked
+    before training (see :class:`~permerge._outdir.OutputFolder`); a run that diverges raises
+    :class:`~permerge.errors.TrainingError` and writes nothing.
 
     ``arch_code`` names the user's own factory (``module:function``, see
-    :mod:`permerge.models.code`); it replaces ``model``."""
+    :mod:`permerge.models.code`); it replaces ``model``. ``permerge.api.train`` is this function.
+    """
     check_seed(seed)
     specs = [dataset] if isinstance(dataset, str) else list(dataset)
     folder = OutputFolder(out, inputs=input_paths(specs), force=force) if out is not None else None
