@@ -95,7 +95,7 @@ def test_pleas_options_are_checked_before_any_work() -> None:
         merge_models(a, b, method="pleas", progress=False)
 
 
-@pytest.mark.parametrize(("adversarial", "ratio"), [(0.0, 0.5), (0.1, 0.9)])
+@pytest.mark.parametrize(("adversarial", "ratio"), [(0.0, 0.5), (0.1, 0.95)])
 def test_distillation_moves_the_student_toward_each_sources_teacher(adversarial: float, ratio: float) -> None:
     a, b = _ckpt("mlp:16x12", 0), _ckpt("mlp:16x12", 1)
     data = _data()
@@ -198,7 +198,7 @@ def test_zipit_stop_layer_zero_keeps_both_models_side_by_side() -> None:
 
 
 def test_disagreement_inputs_raise_the_student_teacher_divergence() -> None:
-    from permerge.merge.distill import _disagreement
+    from permerge.merge.distill import Part, _clean_pass
 
     student, teacher = _ckpt("mlp:16x12", 0).model, _ckpt("mlp:16x12", 1).model
     x, y = torch.rand(32, 1, 8, 8), torch.zeros(32, dtype=torch.long)
@@ -208,7 +208,20 @@ def test_disagreement_inputs_raise_the_student_teacher_divergence() -> None:
             t = torch.softmax(teacher(inp) / 2, 1)
             return float(torch.nn.functional.kl_div(torch.log_softmax(student(inp) / 2, 1), t, reduction="sum"))
 
-    [(moved, labels)] = _disagreement(student, [teacher], [(x, y)], "own", 2.0, 0.05)
-    assert moved.shape == x.shape and torch.equal(labels, y)
-    assert kl(moved) > kl(x)
-    assert all(p.grad is None for p in [*student.parameters(), *teacher.parameters()])
+    budget = {"temperature": 2.0, "adversarial": 0.05, "label_weight": 0.0}
+    loss, moved = _clean_pass(student, [teacher], [Part(x, y, y, torch.ones(32))], "own", budget, 0.5)
+    assert moved is not None and moved[0].shape == x.shape and not moved[0].requires_grad
+    assert kl(moved[0]) > kl(x) and loss > 0
+    assert all(p.grad is not None for p in student.parameters())  # the same pass trained the weights
+    assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_mixed_inputs_learn_both_labels_weighted_as_mixed() -> None:
+    from permerge.merge.distill import Part, _loss
+
+    logits = torch.tensor([[2.0, 0.0, -1.0]])
+    target = torch.full((1, 3), 1 / 3)
+    y, y2 = torch.tensor([0]), torch.tensor([2])
+    mixed = _loss(logits, target, [Part(logits, y, y2, torch.tensor([0.25]))], 1.0, 1.0)
+    ce = torch.nn.functional.cross_entropy
+    assert torch.isclose(mixed, 0.25 * ce(logits, y) + 0.75 * ce(logits, y2))
