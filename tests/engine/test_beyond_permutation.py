@@ -198,7 +198,7 @@ def test_zipit_stop_layer_zero_keeps_both_models_side_by_side() -> None:
 
 
 def test_disagreement_inputs_raise_the_student_teacher_divergence() -> None:
-    from permerge.merge.distill import Part, _clean_pass
+    from permerge.merge.distill import Part, _clean_pass, _frozen
 
     student, teacher = _ckpt("mlp:16x12", 0).model, _ckpt("mlp:16x12", 1).model
     x, y = torch.rand(32, 1, 8, 8), torch.zeros(32, dtype=torch.long)
@@ -209,11 +209,12 @@ def test_disagreement_inputs_raise_the_student_teacher_divergence() -> None:
             return float(torch.nn.functional.kl_div(torch.log_softmax(student(inp) / 2, 1), t, reduction="sum"))
 
     budget = {"temperature": 2.0, "adversarial": 0.05, "label_weight": 0.0}
-    loss, moved = _clean_pass(student, [teacher], [Part(x, y, y, torch.ones(32))], "own", budget, 0.5)
+    with _frozen([teacher], student):
+        loss, moved = _clean_pass(student, [teacher], [Part(x, y, y, torch.ones(32))], "own", budget, 0.5)
     assert moved is not None and moved[0].shape == x.shape and not moved[0].requires_grad
     assert kl(moved[0]) > kl(x) and loss > 0
     assert all(p.grad is not None for p in student.parameters())  # the same pass trained the weights
-    assert all(p.grad is None for p in teacher.parameters())
+    assert all(p.grad is None and p.requires_grad for p in teacher.parameters())  # frozen, then restored
 
 
 def test_mixed_inputs_learn_both_labels_weighted_as_mixed() -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import contextmanager
 from collections.abc import Iterator, Sequence
 from typing import Any, Literal, NamedTuple
 
@@ -161,10 +162,13 @@ def _mix(parts: list[Part], g: torch.Generator) -> list[Part]:
     return out
 
 
-def _soft_targets(teachers: Sequence[nn.Module], xs: Sequence[torch.Tensor], mode: str, t: float) -> torch.Tensor:
-    """Teacher probabilities at temperature ``t`` for every image (``xs[i]``: source i's inputs)."""
+def _soft_targets(
+    teachers: Sequence[nn.Module], xs: Sequence[torch.Tensor], mode: str, t: float, grad: bool = False
+) -> torch.Tensor:
+    """Teacher probabilities at temperature ``t`` for every image (``xs[i]``: source i's inputs);
+    ``grad``: keep the graph back to the inputs (the teachers' weights are frozen)."""
     out = []
-    with torch.no_grad():
+    with torch.set_grad_enabled(grad):
         for i, x in enumerate(xs):
             models = [teachers[i]] if mode == "own" else list(teachers)
             out.append(torch.stack([F.softmax(m(x) / t, dim=1) for m in models]).mean(0))
@@ -198,7 +202,8 @@ def _clean_pass(
     t, eps = budget["temperature"], budget["adversarial"]
     xs = [p.x.detach().requires_grad_(eps > 0) for p in parts]
     x = torch.cat(xs)
-    loss = _loss(student(x), _soft_targets(teachers, xs, mode, t), parts, t, budget["label_weight"])
+    target = _soft_targets(teachers, xs, mode, t, grad=eps > 0)  # the KL's full input gradient
+    loss = _loss(student(x), target, parts, t, budget["label_weight"])
     _check_finite(loss)
     (loss * weight).backward()
     moved = [(xi + eps * xi.grad.sign()).detach() for xi in xs] if eps > 0 else None
@@ -222,6 +227,21 @@ def _step(student: nn.Module, teachers: Sequence[nn.Module], parts: list[Part], 
     _check_finite(adv)
     (adv * half).backward()
     return half * (loss + float(adv.item()))
+
+
+@contextmanager
+def _frozen(teachers: Sequence[nn.Module], student: nn.Module) -> Iterator[None]:
+    """Teachers' weights without gradients while distilling (the input gradient of the
+    disagreement step passes through them), restored afterwards."""
+    own = {id(p) for p in student.parameters()}
+    params = [p for m in teachers for p in m.parameters() if p.requires_grad and id(p) not in own]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
 
 
 def distill(
@@ -250,7 +270,7 @@ def distill(
     optim = torch.optim.Adam(student.parameters(), lr=opts.lr, weight_decay=opts.weight_decay, fused=True)
     batches = _source_batches(data, opts.batch_size, g, dev, budget["augment"] == "dsa", opts.aug_groups)
     t0, first, last = time.perf_counter(), float("nan"), float("nan")
-    with progress_bar(total, "distil", enabled=progress) as bar:
+    with _frozen(teachers, student), progress_bar(total, "distil", enabled=progress) as bar:
         for step in range(total):
             for group in optim.param_groups:
                 group["lr"] = opts.lr * 0.5 * (1 + math.cos(math.pi * step / total))
