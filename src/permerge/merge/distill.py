@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import contextmanager
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, Literal, NamedTuple
 
 import torch
@@ -157,8 +157,8 @@ def _mix(parts: list[Part], g: torch.Generator) -> list[Part]:
     for p in parts:
         lam = torch.rand(len(p.x), generator=g).to(p.x.device)
         partner = torch.randperm(len(p.x), generator=g).to(p.x.device)
-        x = lam.view(-1, *([1] * (p.x.dim() - 1))) * p.x + (1 - lam.view(-1, *([1] * (p.x.dim() - 1)))) * p.x[partner]
-        out.append(Part(x, p.y, p.y[partner], lam))
+        w = lam.view(-1, *([1] * (p.x.dim() - 1)))
+        out.append(Part(w * p.x + (1 - w) * p.x[partner], p.y, p.y[partner], lam))
     return out
 
 
@@ -181,13 +181,18 @@ def _loss(logits: torch.Tensor, target: torch.Tensor, parts: Sequence[Part], t: 
     loss = F.kl_div(F.log_softmax(logits / t, dim=1), target, reduction="batchmean") * t * t
     if w > 0:
         y, y2, lam = (torch.cat([getattr(p, f) for p in parts]) for f in ("y", "y_partner", "lam"))
-        ce = lam * F.cross_entropy(logits, y, reduction="none") + (1 - lam) * F.cross_entropy(logits, y2, reduction="none")
-        loss = (1 - w) * loss + w * ce.mean()
+        ce = F.cross_entropy(logits, y, reduction="none"), F.cross_entropy(logits, y2, reduction="none")
+        loss = (1 - w) * loss + w * (lam * ce[0] + (1 - lam) * ce[1]).mean()
     return loss
 
 
 def _clean_pass(
-    student: nn.Module, teachers: Sequence[nn.Module], parts: list[Part], mode: str, budget: dict[str, Any], weight: float
+    student: nn.Module,
+    teachers: Sequence[nn.Module],
+    parts: list[Part],
+    mode: str,
+    budget: dict[str, Any],
+    weight: float,
 ) -> tuple[float, list[torch.Tensor] | None]:
     """Forward and backward (gradients scaled by ``weight``) on the batch as drawn; with
     disagreement inputs on, also return each input moved one signed-gradient step up the loss.
@@ -195,10 +200,11 @@ def _clean_pass(
     A few images per class leave most of input space unseen; the student matches the teachers
     there only by luck. The inputs where it disagrees most are the informative ones (the idea of
     adversarial belief matching, Micaelli & Storkey 2019, and data-free adversarial
-    distillation). The loss's gradient with respect to the inputs comes from the same backward
-    pass that trains the weights ("free" adversarial training, Shafahi et al. 2019), so finding
-    them costs one extra matrix product per step; the teachers label them, so no label is
-    invented."""
+    distillation). The step follows the KL's whole input gradient (through the student and,
+    with their weights frozen, the teachers: what was validated, docs/RESULTS.md §8a), and it
+    comes from the backward pass that also trains the weights ("free" adversarial training,
+    Shafahi et al. 2019) instead of a pass of its own. The teachers label the moved inputs, so no
+    label is invented."""
     t, eps = budget["temperature"], budget["adversarial"]
     xs = [p.x.detach().requires_grad_(eps > 0) for p in parts]
     x = torch.cat(xs)
@@ -206,8 +212,13 @@ def _clean_pass(
     loss = _loss(student(x), target, parts, t, budget["label_weight"])
     _check_finite(loss)
     (loss * weight).backward()
-    moved = [(xi + eps * xi.grad.sign()).detach() for xi in xs] if eps > 0 else None
+    moved = [(xi + eps * _grad(xi).sign()).detach() for xi in xs] if eps > 0 else None
     return float(loss.item()), moved
+
+
+def _grad(x: torch.Tensor) -> torch.Tensor:
+    assert x.grad is not None  # x required grad and the loss depends on it
+    return x.grad
 
 
 def _check_finite(loss: torch.Tensor) -> None:
@@ -215,7 +226,9 @@ def _check_finite(loss: torch.Tensor) -> None:
         raise PermergeError(f"distillation diverged (loss {loss.item()}); lower --ft-opt lr")
 
 
-def _step(student: nn.Module, teachers: Sequence[nn.Module], parts: list[Part], mode: str, budget: dict[str, Any]) -> float:
+def _step(
+    student: nn.Module, teachers: Sequence[nn.Module], parts: list[Part], mode: str, budget: dict[str, Any]
+) -> float:
     """Accumulate one step's gradients (the batch, then its disagreement inputs, each half the
     weight: the mean over both, as one batch of twice the size); return the loss."""
     t, w = budget["temperature"], budget["label_weight"]
