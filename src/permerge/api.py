@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors.torch import save_file
 
 from ._io import atomic_path, atomic_write_text, dumps
@@ -28,6 +30,7 @@ from .checkpoint import (
     save_checkpoint,
     write_checkpoint,
 )
+from .data.imageset import ImageSet
 from .data.mergedata import MergeData, load_merge_data
 from .data.spec import test_sets, test_spec
 from .device import resolve_device
@@ -78,6 +81,46 @@ def _jsonable(x: Any) -> Any:
     return json.loads(dumps(x, default=str))
 
 
+@dataclass(frozen=True)
+class _Pair:
+    """What ``merge`` and ``interpolate`` both start from, every input checked."""
+
+    folder: OutputFolder | None
+    a: Checkpoint
+    b: Checkpoint
+    data: MergeData | None
+    eval_specs: list[str]
+    tests: list[ImageSet]
+    device: torch.device
+
+
+def _open_pair(
+    a: str | Path | Checkpoint,
+    b: str | Path | Checkpoint,
+    data: Sequence[str] | MergeData | None,
+    datasets: Sequence[str] | None,
+    out: str | Path | None,
+    force: bool,
+    data_root: str | Path | None,
+    seed: int,
+    device: str,
+    arch_code: str | None,
+    arch_args: Any,
+) -> _Pair:
+    """Check the output folder, load both models, the merge data and the test sets, and check
+    that they fit together, before any slow work (a bad input costs nothing)."""
+    check_seed(seed)
+    folder = OutputFolder(out, inputs=_model_paths(a, b), force=force) if out is not None else None
+    hint = list(datasets or []) or (None if isinstance(data, MergeData) else list(data or []))
+    ca, cb = (load_model(m, arch_code, arch_args, hint, data_root) for m in (a, b))
+    md = data if isinstance(data, MergeData) or data is None else load_merge_data(data, data_root=data_root, seed=seed)
+    eval_specs = list(datasets) if datasets else list(dict.fromkeys(datasets_of(ca) + datasets_of(cb)))
+    tests = test_sets(eval_specs, data_root)  # fail on an unknown dataset before the slow part
+    check_compatible(ca, cb)  # a mismatch of architectures is the clearer message; then the data
+    check_inputs(ca, [*tests, *(md.sources if md else ())])
+    return _Pair(folder, ca, cb, md, eval_specs, tests, resolve_device(device))
+
+
 def merge(
     a: str | Path | Checkpoint,
     b: str | Path | Checkpoint,
@@ -107,16 +150,8 @@ def merge(
     replaced as a whole; writing over an input model's folder needs ``force``. ``notes`` in
     the report flag models that share their initialisation.
     """
-    check_seed(seed)
-    folder = OutputFolder(out, inputs=_model_paths(a, b), force=force) if out is not None else None
-    hint = list(datasets or []) or (None if isinstance(data, MergeData) else list(data or []))
-    ca, cb = (load_model(m, arch_code, arch_args, hint, data_root) for m in (a, b))
-    md = data if isinstance(data, MergeData) or data is None else load_merge_data(data, data_root=data_root, seed=seed)
-    eval_specs = list(datasets) if datasets else list(dict.fromkeys(datasets_of(ca) + datasets_of(cb)))
-    tests = test_sets(eval_specs, data_root)  # fail on an unknown dataset before the slow part
-    check_compatible(ca, cb)  # a mismatch of architectures is the clearer message; then the data
-    check_inputs(ca, [*tests, *(md.sources if md else ())])
-    dev = resolve_device(device)
+    pair = _open_pair(a, b, data, datasets, out, force, data_root, seed, device, arch_code, arch_args)
+    ca, cb, md, dev = pair.a, pair.b, pair.data, pair.device
     result = merge_models(
         ca,
         cb,
@@ -132,7 +167,7 @@ def merge(
         progress=progress,
         seed=seed,  # seeds the method and the finisher unless their options set one
     )
-    scores = evaluate_many(result.model, tests, device=dev)
+    scores = evaluate_many(result.model, pair.tests, device=dev)
     report = _jsonable(
         {
             "method": method,
@@ -147,8 +182,8 @@ def merge(
             "notes": same_init_notes(ca, cb, result.perm, method),
         }
     )
-    if folder is not None:
-        _write_merge(folder, result, result.config or ca.config, eval_specs, report)
+    if pair.folder is not None:
+        _write_merge(pair.folder, result, result.config or ca.config, pair.eval_specs, report)
     return report
 
 
@@ -189,15 +224,8 @@ def interpolate(
     """Accuracy/loss along lam for naive, aligned and ensemble lines; CSV + PNG in ``out``."""
     if isinstance(points, bool) or not isinstance(points, int) or points < 3 or points % 2 == 0 or points > 1001:
         raise PermergeError("--points must be an odd number from 3 to 1001 (the barrier needs lam = 0.5)")
-    check_seed(seed)
-    folder = OutputFolder(out, inputs=_model_paths(a, b), force=force) if out is not None else None
-    ca, cb = (load_model(m, arch_code, arch_args, list(datasets or data or []), data_root) for m in (a, b))
-    md = load_merge_data(data, data_root=data_root, seed=seed)
-    eval_specs = list(datasets) if datasets else list(dict.fromkeys(datasets_of(ca) + datasets_of(cb)))
-    tests = test_sets(eval_specs, data_root)
-    check_compatible(ca, cb)  # a mismatch of architectures is the clearer message; then the data
-    check_inputs(ca, [*tests, *(md.sources if md else ())])
-    dev = resolve_device(device)
+    pair = _open_pair(a, b, data, datasets, out, force, data_root, seed, device, arch_code, arch_args)
+    ca, cb, md, dev, tests, folder = pair.a, pair.b, pair.data, pair.device, pair.tests, pair.folder
     reset = default_bn_reset(ca.model, md is not None) if bn_reset is None else bn_reset
     lams = [i / (points - 1) for i in range(points)]
     rows = curve(
