@@ -301,6 +301,11 @@ def merge(
     if json_out:
         _print_json(r)
         return
+    _print_merge(r, method + ("+" + finetune if finetune != "none" else ""), out)
+
+
+def _print_merge(r: dict[str, Any], name: str, out: Path | None) -> None:
+    """The human-readable merge report: the finisher's budget, scores, size, time."""
     ft = r["info"].get("finetune")
     if ft:
         console.print(
@@ -308,7 +313,6 @@ def merge(
             f"augment {ft['augment']}, disagreement inputs {ft['adversarial']:g}, label weight {ft['label_weight']:g}; "
             f"{ft['seconds']:.1f}s"
         )
-    name = method + ("+" + finetune if finetune != "none" else "")
     console.print(scores_table(f"{name} merge at lam={r['lam']:.2f}", {name: r["scores"]}))
     size = r["info"]["size"]
     console.print(f"size {size['params']:,} parameters ({size['relative']:.2f}x a source), {size['macs']:,} MACs/image")
