@@ -116,6 +116,33 @@ def _count(n: int) -> str:
     return f"{n:,}"
 
 
+def _train_choices(given: Mapping[str, Any], n: int, *, small: bool, reduced: bool, channels: int) -> dict[str, Any]:
+    """Batch size, learning rate, length and augmentation for what ``given`` leaves unset:
+    small data (a reduced set, or under ``SMALL_TRAIN`` images) trains a fixed number of steps
+    with small batches, large data the paper's epochs; few images get DSA, colour images crop+flip."""
+    chosen: dict[str, Any] = {}
+    if "batch_size" not in given:
+        chosen["batch_size"] = max(1, min(SMALL_TRAIN_BATCH, n)) if small else FULL_TRAIN["batch_size"]
+    if "lr" not in given:
+        if given.get("optimizer") == "adam":
+            chosen["lr"] = ADAM_LR
+        else:
+            chosen["lr"] = SMALL_TRAIN_LR if small else FULL_TRAIN["lr"]
+    if "steps" not in given and "epochs" not in given:
+        if small:
+            chosen["steps"] = SMALL_TRAIN_STEPS
+        else:
+            chosen["epochs"] = FULL_TRAIN["epochs"]
+    if "augment" not in given:
+        if reduced or n < TINY_TRAIN:
+            chosen["augment"] = "dsa"
+        elif channels == 3:
+            chosen["augment"] = "crop-flip"
+        else:
+            chosen["augment"] = "none"
+    return chosen
+
+
 def train_budget(
     options: Mapping[str, Any],
     *,
@@ -147,25 +174,7 @@ def train_budget(
         rule = f"{_count(n)} training images, under {_count(SMALL_TRAIN)}"
     else:
         rule = f"{_count(n)} training images: the paper's recipe"
-    if "batch_size" not in given:
-        chosen["batch_size"] = max(1, min(SMALL_TRAIN_BATCH, n)) if small else FULL_TRAIN["batch_size"]
-    if "lr" not in given:
-        if given.get("optimizer") == "adam":
-            chosen["lr"] = ADAM_LR
-        else:
-            chosen["lr"] = SMALL_TRAIN_LR if small else FULL_TRAIN["lr"]
-    if "steps" not in given and "epochs" not in given:
-        if small:
-            chosen["steps"] = SMALL_TRAIN_STEPS
-        else:
-            chosen["epochs"] = FULL_TRAIN["epochs"]
-    if "augment" not in given:
-        if reduced or n < TINY_TRAIN:
-            chosen["augment"] = "dsa"
-        elif channels == 3:
-            chosen["augment"] = "crop-flip"
-        else:
-            chosen["augment"] = "none"
+    chosen.update(_train_choices(given, n, small=small, reduced=reduced, channels=channels))
     cfg = TrainConfig(**{**given, **chosen})
     steps_per_epoch = max(1, math.ceil(n / cfg.batch_size))
     steps = cfg.steps if cfg.steps is not None else cfg.epochs * steps_per_epoch
