@@ -226,3 +226,23 @@ def test_mixed_inputs_learn_both_labels_weighted_as_mixed() -> None:
     mixed = _loss(logits, target, [Part(logits, y, y2, torch.tensor([0.25]))], 1.0, 1.0)
     ce = torch.nn.functional.cross_entropy
     assert torch.isclose(mixed, 0.25 * ce(logits, y) + 0.75 * ce(logits, y2))
+
+
+def test_pleas_refit_inputs_build_only_what_enters_the_sample(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Large merge data with many augmented copies: only ``max_samples`` images are ever built
+    (a full training set with 20 copies would not fit in memory), drawn from every source."""
+    from permerge.merge.pleas import _refit_inputs
+
+    built: list[int] = []
+    original = ImageSet.to_input
+
+    def counting(self: ImageSet, images: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        built.append(len(images))
+        return original(self, images, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ImageSet, "to_input", counting)
+    data = _data(n_per_class=30)  # 600 images, 21 copies each: 12,600 candidates
+    x = _refit_inputs(data, 20, 500, torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert x.shape == (500, 1, 8, 8) and sum(built) == 500
+    small = _refit_inputs(_data(), 2, 500, torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert len(small) == 2 * 60 * 3  # under the cap: every image and every copy

@@ -73,7 +73,13 @@ def widened_config(cfg: ModelConfig, template: nn.Module, state: dict[str, torch
 def _refit_inputs(
     data: MergeData, copies: int, max_samples: int, g: torch.Generator, dev: torch.device
 ) -> torch.Tensor:
-    """Merge images plus DSA-augmented copies (one random operation per chunk of 50)."""
+    """Merge images plus DSA-augmented copies (one random operation per chunk of 50), at most
+    ``max_samples`` of them: beyond that, which (image, copy) pairs enter is drawn first and only
+    those are built, so a full training set with 20 copies never sits in memory (it would be
+    2.3 million MNIST-size images, 7 GB)."""
+    total = sum(len(s) for s in data.sources) * (1 + copies)
+    if total > max_samples:
+        return _sampled_refit_inputs(data, copies, max_samples, g, dev)
     xs = []
     for s in data.sources:
         aug = default_augment(s.image_shape[0])
@@ -81,8 +87,26 @@ def _refit_inputs(
         for _ in range(copies):
             for i in range(0, len(s), 50):
                 xs.append(s.to_input(s.images[i : i + 50], dev, augment=aug, generator=g))
-    x = torch.cat(xs)
-    return x[torch.randperm(len(x), generator=g)[:max_samples].to(dev)] if len(x) > max_samples else x
+    return torch.cat(xs)
+
+
+def _sampled_refit_inputs(
+    data: MergeData, copies: int, max_samples: int, g: torch.Generator, dev: torch.device
+) -> torch.Tensor:
+    """A uniform sample of ``max_samples`` of the (source image, copy) pairs, copy 0 being the
+    image itself; augmented ones in chunks of 50 that share one DSA draw, as above."""
+    sizes = [len(s) * (1 + copies) for s in data.sources]
+    pick = torch.randperm(sum(sizes), generator=g)[:max_samples]
+    xs, start = [], 0
+    for s, size in zip(data.sources, sizes, strict=True):
+        mine = pick[(pick >= start) & (pick < start + size)] - start
+        start += size
+        copy, image = mine // len(s), mine % len(s)
+        xs.append(s.to_input(s.images[image[copy == 0]], dev))
+        aug = default_augment(s.image_shape[0])
+        for chunk in image[copy > 0].split(50):
+            xs.append(s.to_input(s.images[chunk], dev, augment=aug, generator=g))
+    return torch.cat(xs)
 
 
 def _io(model: nn.Module, name: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
