@@ -280,7 +280,8 @@ def distill(
         m.to(dev).eval()
     student.to(dev).train()
     # fused: one kernel over all parameters instead of a dozen per tensor (a seventh of a step)
-    optim = torch.optim.Adam(student.parameters(), lr=opts.lr, weight_decay=opts.weight_decay, fused=True)
+    fused = dev.type in ("cpu", "cuda")  # where torch has the fused kernel
+    optim = torch.optim.Adam(student.parameters(), lr=opts.lr, weight_decay=opts.weight_decay, fused=fused)
     batches = _source_batches(data, opts.batch_size, g, dev, budget["augment"] == "dsa", opts.aug_groups)
     t0, first, last = time.perf_counter(), float("nan"), float("nan")
     with _frozen(teachers, student), progress_bar(total, "distil", enabled=progress) as bar:
