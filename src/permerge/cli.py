@@ -687,12 +687,27 @@ def main(argv: list[str] | None = None) -> None:
                 # Interrupted or killed: everything has unwound (temporary files removed,
                 # workers stopped). Skip the interpreter's exit handlers: the process pool's
                 # one writes to a pipe its stopped manager closed and prints a traceback.
+                _release_semaphores()
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(int(e.code))
             raise
         return
     _main(argv)
+
+
+def _release_semaphores() -> None:
+    """Unlink the process pool's named semaphores, as the interpreter's exit handlers would have.
+
+    Skipping those handlers (``os._exit``) left the semaphores to multiprocessing's resource
+    tracker, a process of its own that outlives this one and printed a "leaked semaphore
+    objects" warning after our last line. Only the semaphores' own finalizers run here."""
+    from multiprocessing import synchronize, util
+
+    registry = getattr(util, "_finalizer_registry", {})
+    for fin in list(registry.values()):
+        if getattr(fin, "_callback", None) is synchronize.SemLock._cleanup:  # type: ignore[attr-defined]
+            fin()
 
 
 def _main(argv: list[str] | None) -> None:
