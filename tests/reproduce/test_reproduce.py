@@ -429,3 +429,11 @@ def test_runs_whose_method_now_gets_the_seed_have_new_keys() -> None:
         assert t.params.get("seeded") is (True if newly else None), (t.params["method"], t.params["seed"])
     assert any(t.params.get("seeded") for t in merges)
     assert any(t.params["method"] == "ste" and t.params["seed"] == 1 and "seeded" not in t.params for t in merges)
+
+
+def test_size_plot_lines_join_widths_of_one_method_and_keep_finishers_apart() -> None:
+    from permerge.reproduce.report import size_family
+
+    assert size_family("pleas") == size_family("pleas-1.5x") == "pleas"
+    assert size_family("pleas-1.5x+kd") == "pleas+kd" != size_family("pleas-1.5x")
+    assert size_family("wm+kd") == "wm+kd" and size_family("source+kd") == "source+kd"

@@ -429,12 +429,14 @@ def _size_plot(plt: Any, ss: list[dict[str, Any]], pair: str, save: Callable[[An
         return
     joint = next((s["acc_mean_mean"] for s in ss if s["method"] == "joint"), None)
     ens = next((s for s in ss if s["method"] == "ensemble" and s.get("params")), None)
-    fig, axes = plt.subplots(1, len(datas), figsize=(4.5 * len(datas), 4), sharey=True, squeeze=False)
-    for ax, d in zip(axes[0], datas, strict=True):
+    cols = min(4, len(datas))
+    nrows = -(-len(datas) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.5 * cols, 4 * nrows), sharey=True, squeeze=False)
+    for ax, d in zip(axes.flat, datas, strict=False):
         families: dict[str, list[tuple[float, float, float]]] = {}
         for s in ss:
             if s["data"] == d and s.get("params"):
-                fam = s["method"].split("-")[0]
+                fam = size_family(s["method"])
                 families.setdefault(fam, []).append((s["params"] / unit, s["acc_mean_mean"], s["acc_mean_std"]))
         for fam, pts in families.items():
             _errorbar(ax, sorted(pts), label=fam)
@@ -446,5 +448,15 @@ def _size_plot(plt: Any, ss: list[dict[str, Any]], pair: str, save: Callable[[An
         ax.set_title(f"merge data {d}", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    axes[0][0].set_ylabel(f"mean test accuracy (%), {pair}")
+    for ax in list(axes.flat)[len(datas) :]:
+        ax.set_visible(False)
+    for row in axes:
+        row[0].set_ylabel(f"mean test accuracy (%), {pair}")
     save(fig, f"accuracy_vs_size_{_slug(pair)}.png")
+
+
+def size_family(row: str) -> str:
+    """The line a row joins in the size plot: its name without a width suffix, finisher kept
+    (``pleas`` and ``pleas-1.5x`` are one line, ``pleas-1.5x+kd`` another, ``wm+kd`` its own)."""
+    base, _, rest = row.partition("-")
+    return base + ("+" + rest.split("+", 1)[1] if "+" in rest else "")
