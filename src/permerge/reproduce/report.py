@@ -429,6 +429,8 @@ def _size_plot(plt: Any, ss: list[dict[str, Any]], pair: str, save: Callable[[An
         return
     joint = next((s["acc_mean_mean"] for s in ss if s["method"] == "joint"), None)
     ens = next((s for s in ss if s["method"] == "ensemble" and s.get("params")), None)
+    fams = list(dict.fromkeys(size_family(s["method"]) for s in ss if s.get("params") and s["data"] in datas))
+    colour = {f: plt.get_cmap("tab10")(i % 10) for i, f in enumerate(fams)}  # the same in every panel
     cols = min(4, len(datas))
     nrows = -(-len(datas) // cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(4.5 * cols, 4 * nrows), sharey=True, squeeze=False)
@@ -439,7 +441,7 @@ def _size_plot(plt: Any, ss: list[dict[str, Any]], pair: str, save: Callable[[An
                 fam = size_family(s["method"])
                 families.setdefault(fam, []).append((s["params"] / unit, s["acc_mean_mean"], s["acc_mean_std"]))
         for fam, pts in families.items():
-            _errorbar(ax, sorted(pts), label=fam)
+            _errorbar(ax, sorted(pts), label=fam, color=colour[fam])
         if joint is not None:
             ax.axhline(joint, color="black", ls="--", lw=1, label="joint model (1x)")
         if ens is not None:
