@@ -55,19 +55,9 @@ def _model_paths(*models: str | Path | Checkpoint) -> list[str | Path | None]:
     return [m.path if isinstance(m, Checkpoint) else m for m in models]
 
 
-def evaluate_model(
-    model: str | Path | Checkpoint,
-    datasets: Sequence[str] | None = None,
-    *,
-    data_root: str | Path | None = None,
-    device: str = "cpu",
-    arch_code: str | None = None,
-    arch_args: Any = None,
-) -> dict[str, Any]:
-    """Scores of ``model`` on the test sets of ``datasets`` (default: what it was trained on)."""
-    return evaluate_checkpoint(
-        model, datasets, data_root=data_root, device=device, arch_code=arch_code, arch_args=arch_args
-    )
+# Scores of a model on test sets: one function, documented where it lives
+# (:func:`permerge.runs.evaluate_checkpoint`).
+evaluate_model = evaluate_checkpoint
 
 
 def save_permutation(path_dir: Path, spec: PermutationSpec, perm: Permutation) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from pydantic import ValidationError
+from torch import nn
 
 from ._io import finite
 from ._limits import check_seed
@@ -28,7 +29,7 @@ from .data.imageset import concat
 from .data.spec import input_paths, test_sets, test_spec
 from .device import resolve_device
 from .errors import PermergeError, first_error
-from .models import build_model, check_size, model_config_for
+from .models import ModelConfig, build_model, check_size, model_config_for
 from .train import TrainConfig, check_trained, evaluate, evaluate_many, train_model, train_size, train_val_split
 
 
@@ -40,6 +41,24 @@ def check_train_options(options: dict[str, Any]) -> None:
         where, msg = first_error(e)
         line = f"invalid training option {where!r}: {msg}" if where else f"training options: {msg}"
         raise PermergeError(line) from None
+
+
+def _training_data(specs: list[str], data_root: str | Path | None, seed: int) -> ImageSet:
+    """The training split of each spec; several are one joint set (their union)."""
+    parts = [load_dataset(s, "train", data_root=data_root, seed=seed) for s in specs]
+    return parts[0] if len(parts) == 1 else concat(parts)
+
+
+def _new_model(
+    model: str, arch_code: str | None, arch_args: Any, shape: tuple[int, int, int], seed: int
+) -> tuple[ModelConfig, nn.Module]:
+    """A freshly initialised model (seeded) for inputs of ``shape``; ``arch_code``, the user's
+    own factory (see :mod:`permerge.models.code`), replaces ``model``."""
+    name = "code:" + arch_code if arch_code is not None else model
+    mcfg = model_config_for(name, shape, **({"code_args": arch_args} if arch_args else {}))
+    check_size(mcfg, copies=3)
+    torch.manual_seed(seed)
+    return mcfg, build_model(mcfg)
 
 
 def train_checkpoint(
@@ -77,8 +96,7 @@ def train_checkpoint(
     check_train_options(train_options)  # bad names fail before loading
     if not specs:
         raise PermergeError("train needs at least one dataset")
-    parts = [load_dataset(s, "train", data_root=data_root, seed=seed) for s in specs]
-    data = parts[0] if len(parts) == 1 else concat(parts)
+    data = _training_data(specs, data_root, seed)
     # Options left unset (or None) are chosen from the data: see permerge.budgets.
     cfg, budget = train_budget(
         train_options,
@@ -89,20 +107,14 @@ def train_checkpoint(
     )
     budget.announce()
     split = train_val_split(data, cfg.val_fraction, seed=0)  # same validation part for every seed
-    if arch_code is not None:  # the user's own factory (see permerge.models.code)
-        model = "code:" + arch_code
-    mcfg = model_config_for(model, data.image_shape, **({"code_args": arch_args} if arch_args else {}))
-    check_size(mcfg, copies=3)
-    torch.manual_seed(seed)
-    net = build_model(mcfg)
+    mcfg, net = _new_model(model, arch_code, arch_args, data.image_shape, seed)
     dev = resolve_device(device)
     if cfg.precision == "fp16" and dev.type != "cuda":
         raise PermergeError("precision fp16 needs a CUDA device; use bf16 for mixed precision on a CPU")
     t0 = time.perf_counter()
     name = "+".join(specs)
-    stats = train_model(
-        net, split.train, cfg, seed=seed, device=dev, progress=progress, description=f"train {model} on {name}"
-    )
+    what = f"train {mcfg.describe()} on {name}"
+    stats = train_model(net, split.train, cfg, seed=seed, device=dev, progress=progress, description=what)
     net = net.cpu()
     scores = _scores(net, split.train, split.val, specs, data_root)
     check_trained(net, float(stats["final_train_loss"]), scores)
