@@ -222,3 +222,35 @@ def test_a_failing_kernel_falls_back_to_scipy(monkeypatch: pytest.MonkeyPatch) -
         assert info["backend"] == "scipy" and "no code for this CPU" in info["reason"]
     finally:
         lap._kernel_failure.clear()
+
+
+@pytest.mark.skipif(not NUMBA, reason="numba unavailable")
+def test_row_scans_find_the_first_minimum_exactly() -> None:
+    """The kernels' unrolled minimum and first-index scans agree with NumPy on ties and on
+    lengths that are not a multiple of the unrolling."""
+    from permerge.align import _lap_numba as k
+
+    rng = np.random.default_rng(3)
+    for n in (1, 2, 7, 8, 9, 16, 31, 513):
+        for h in (rng.normal(size=n), rng.integers(0, 3, size=n).astype(np.float64), np.full(n, -1.5)):
+            low = k._min_of(h)
+            assert low == h.min()
+            assert k._first(h, low, 0) == int(np.argmin(h))
+            ties = np.flatnonzero(h == low)
+            want = int(ties[1]) if len(ties) > 1 else -1
+            assert k._first(h, low, int(ties[0]) + 1) == want
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_solving_many_at_once_is_solving_them_in_turn(threads: int) -> None:
+    """Each job keeps its own warm start: threads change the time, never an answer."""
+    rng = np.random.default_rng(4)
+    costs = [rng.normal(size=(300, 300)).astype(np.float32) for _ in range(3)]
+    nudged = [c + 0.05 * rng.normal(size=c.shape).astype(np.float32) for c in costs]
+    alone = [lap.AssignmentSolver() for _ in costs]
+    together = [lap.AssignmentSolver() for _ in costs]
+    for batch in (costs, nudged):  # the second round starts warm from the first
+        want = [s.solve(c, maximize=True)[1] for s, c in zip(alone, batch, strict=True)]
+        got = lap.solve_many(list(zip(together, batch, strict=True)), maximize=True, threads=threads)
+        assert all(np.array_equal(w, g) for w, g in zip(want, got, strict=True))
+    assert [s.stats.warm_calls for s in together] == [s.stats.warm_calls for s in alone]

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Iterator
 
 import pytest
 import torch
@@ -112,15 +113,30 @@ def _reference_weight_matching(spec, state_a, state_b, seed: int, max_iter: int 
     return perm, sweeps
 
 
+@pytest.fixture
+def torch_threads() -> Iterator[Callable[[int], None]]:
+    """Set torch's thread count for one test (weight matching solves that many groups at once)."""
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("arch,shape", [("mlp:160x128x96x64", (1, 28, 28)), ("cnn:0.5", (1, 28, 28))])
-@pytest.mark.parametrize("lap_mode", ["numba", "auto"])
+@pytest.mark.parametrize("lap_mode,threads", [("numba", 1), ("numba", 2), ("auto", 2)])
 def test_wm_equals_the_plain_algorithm(
-    arch: str, shape: tuple[int, int, int], lap_mode: str, monkeypatch: pytest.MonkeyPatch
+    arch: str,
+    shape: tuple[int, int, int],
+    lap_mode: str,
+    threads: int,
+    monkeypatch: pytest.MonkeyPatch,
+    torch_threads: Callable[[int], None],
 ) -> None:
-    """Warm-started solver, skipped groups and low-rank product updates change nothing."""
+    """Warm-started solver, skipped groups, low-rank product updates and groups solved in
+    parallel threads change nothing."""
     from permerge.align.weight_matching import WeightMatcher
 
     monkeypatch.setenv("PERMERGE_LAP", lap_mode)  # numba: the compiled solver even for these small groups
+    torch_threads(threads)
 
     a, b = _model(arch, shape, 0), _model(arch, shape, 1)
     spec = derive_spec(a.model, torch.zeros(1, *shape))
@@ -133,6 +149,7 @@ def test_wm_equals_the_plain_algorithm(
         assert torch.equal(got[k], want[k]), k
     stats = matcher.solver_stats()
     assert stats["skipped"] > 0 and stats["products_updated"] > 0
+    assert (stats["parallel"] > 0) == (threads > 1)  # the first and last hidden group, side by side
     if lap_mode == "numba" and matcher.assignment_backend == "numba":
         assert stats["warm_calls"] > 0
     # called again (as STE does), every solve starts warm and the answer is the same

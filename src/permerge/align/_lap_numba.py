@@ -4,7 +4,8 @@ Minimisation of ``sign * cost`` over assignments of every row (``nr <= nc``), in
 whatever the input dtype. ``u`` (rows) and ``v`` (columns) are the dual variables, kept
 feasible (``c_ij - u_i - v_j >= 0``) for every assigned row and tight on its column;
 ``col4row`` / ``row4col`` the partial assignment (-1: free). Compiled on first use, cached
-on disk (``cache=True``), so later processes only load the machine code.
+on disk (``cache=True``), so later processes only load the machine code. They release the
+GIL (``nogil=True``): weight matching solves independent groups in parallel threads.
 """
 
 from __future__ import annotations
@@ -16,34 +17,72 @@ from numba import njit
 NUMBA_VERSION: str = numba.__version__
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
+def _reduced_row(cost, i, sign, v, h):
+    """``h[j] = sign * c_ij - v_j``: row ``i``'s costs at the column prices (a loop the
+    compiler vectorises; the scans below read ``h`` instead of recomputing it)."""
+    for j in range(h.shape[0]):
+        h[j] = sign * cost[i, j] - v[j]
+
+
+@njit(cache=True, nogil=True)
+def _min_of(h):
+    """``min(h)``, exact. Eight running minima instead of one: one chain of compares waits on
+    each previous compare, eight independent ones keep the core busy (2-3x faster on 512)."""
+    n = h.shape[0]
+    m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = np.inf
+    j = 0
+    while j + 8 <= n:
+        m0 = h[j] if h[j] < m0 else m0
+        m1 = h[j + 1] if h[j + 1] < m1 else m1
+        m2 = h[j + 2] if h[j + 2] < m2 else m2
+        m3 = h[j + 3] if h[j + 3] < m3 else m3
+        m4 = h[j + 4] if h[j + 4] < m4 else m4
+        m5 = h[j + 5] if h[j + 5] < m5 else m5
+        m6 = h[j + 6] if h[j + 6] < m6 else m6
+        m7 = h[j + 7] if h[j + 7] < m7 else m7
+        j += 8
+    low = min(min(min(m0, m1), min(m2, m3)), min(min(m4, m5), min(m6, m7)))
+    while j < n:
+        low = h[j] if h[j] < low else low
+        j += 1
+    return low
+
+
+@njit(cache=True, nogil=True)
+def _first(h, x, start):
+    """The first index ``j >= start`` with ``h[j] == x`` (-1: none)."""
+    for j in range(start, h.shape[0]):
+        if h[j] == x:
+            return j
+    return -1
+
+
+@njit(cache=True, nogil=True)
 def warm_start(cost, sign, u, v, col4row, row4col):
     """Keep the old prices ``v``; re-derive ``u``; keep the rows whose column is still best.
 
     ``u_i = min_j (c_ij - v_j)`` makes every row dual-feasible; row ``i`` keeps its old
     column when that column attains the minimum (complementary slackness). A freed row whose
-    best column nobody kept takes it. Returns how many rows are left free (0: the assignment
-    is optimal as it stands).
+    best column (the first one attaining the minimum) nobody kept takes it. Returns how many
+    rows are left free (0: the assignment is optimal as it stands).
     """
     nr, nc = cost.shape
     best_col = np.empty(nr, dtype=np.int64)
+    h = np.empty(nc)
     for j in range(nc):
         row4col[j] = -1
     for i in range(nr):
-        low = np.inf
-        arg = -1
-        for j in range(nc):
-            r = sign * cost[i, j] - v[j]
-            if r < low:
-                low = r
-                arg = j
+        _reduced_row(cost, i, sign, v, h)
+        low = _min_of(h)
         u[i] = low
-        best_col[i] = arg
         j0 = col4row[i]
-        if j0 >= 0 and sign * cost[i, j0] - v[j0] == low:
+        if j0 >= 0 and h[j0] == low:
             row4col[j0] = i
+            best_col[i] = j0
         else:
             col4row[i] = -1
+            best_col[i] = _first(h, low, 0)
     free = 0
     for i in range(nr):
         if col4row[i] == -1:
@@ -56,7 +95,7 @@ def warm_start(cost, sign, u, v, col4row, row4col):
     return free
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def solve(cost, sign, u, v, col4row, row4col):  # one piece: a numba kernel, calls inside cost time
     """Augment every free row, in row order, along a shortest path of reduced costs.
 
@@ -133,7 +172,7 @@ def solve(cost, sign, u, v, col4row, row4col):  # one piece: a numba kernel, cal
     return augmented
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def reduce_rows(cost, sign, u, v, col4row, row4col, max_steps):  # one piece: a numba kernel
     """Jonker-Volgenant augmenting row reduction of the free rows (square problems).
 
@@ -146,6 +185,7 @@ def reduce_rows(cost, sign, u, v, col4row, row4col, max_steps):  # one piece: a 
     """
     nr, nc = cost.shape
     free = np.empty(nr, dtype=np.int64)
+    h = np.empty(nc)
     n_free = 0
     for i in range(nr):
         if col4row[i] == -1:
@@ -166,21 +206,14 @@ def reduce_rows(cost, sign, u, v, col4row, row4col, max_steps):  # one piece: a 
                 n_free += 1
                 continue
             steps += 1
-            u1 = sign * cost[i, 0] - v[0]
-            j1 = 0
-            u2 = np.inf
-            j2 = -1
-            for j in range(1, nc):
-                h = sign * cost[i, j] - v[j]
-                if h < u2:
-                    if h >= u1:
-                        u2 = h
-                        j2 = j
-                    else:
-                        u2 = u1
-                        u1 = h
-                        j2 = j1
-                        j1 = j
+            # best (u1 at j1, its first column) and second best (u2) reduced cost of row i;
+            # on a tie (u2 == u1) j2 is the second column attaining it
+            _reduced_row(cost, i, sign, v, h)
+            u1 = _min_of(h)
+            j1 = _first(h, u1, 0)
+            h[j1] = np.inf
+            u2 = _min_of(h)
+            j2 = _first(h, u1, j1 + 1) if u2 == u1 else (-1 if nc == 1 else j1)
             i0 = row4col[j1]
             lowered = u1 < u2 and j2 >= 0
             if lowered:

@@ -34,8 +34,11 @@ from __future__ import annotations
 
 import importlib
 import os
+import threading
 import time
 import types
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cache
 
@@ -266,6 +269,36 @@ class AssignmentSolver:
         self.stats.augmented_rows += augmented
         self._u, self._v, self._col4row, self._maximize = u, v, col4row, maximize
         return np.arange(n, dtype=np.int64), col4row.copy()
+
+
+_pools: dict[int, ThreadPoolExecutor] = {}  # per process: a pool does not survive a fork
+_pools_lock = threading.Lock()
+
+
+def _pool() -> ThreadPoolExecutor:
+    with _pools_lock:
+        pool = _pools.get(os.getpid())
+        if pool is None:
+            pool = _pools[os.getpid()] = ThreadPoolExecutor(max_workers=3, thread_name_prefix="permerge-lap")
+        return pool
+
+
+def solve_many(
+    jobs: Sequence[tuple[AssignmentSolver, np.ndarray | torch.Tensor]], *, maximize: bool = True, threads: int = 1
+) -> list[np.ndarray]:
+    """``cols`` of each ``(solver, cost)`` job, solved on up to ``threads`` cores at once.
+
+    Each job has its own solver (its own warm-start state), so the answers are exactly those
+    of solving the jobs one after another: only the time changes. The compiled kernels
+    release the GIL; jobs SciPy takes (small or non-finite problems) mostly wait on it, which
+    costs nothing but the thread hand-over. With ``threads`` 1 or one job, no thread is used.
+    """
+    threads = min(threads, len(jobs), 4)
+    if threads <= 1:
+        return [s.solve(c, maximize=maximize)[1] for s, c in jobs]
+    futures = [_pool().submit(s.solve, c, maximize=maximize) for s, c in jobs[1:]]
+    first = jobs[0][0].solve(jobs[0][1], maximize=maximize)[1]
+    return [first, *(f.result()[1] for f in futures)]
 
 
 def linear_sum_assignment(cost: np.ndarray | torch.Tensor, *, maximize: bool = False) -> tuple[np.ndarray, np.ndarray]:
