@@ -82,9 +82,6 @@ class DistillOptions(BaseModel):
     teacher: Literal["own", "ensemble"] = Field(
         "own", description="own: source i is taught by model i; ensemble: every image by the mean of both"
     )
-    ema: float = Field(
-        0.0, ge=0, lt=1, description="keep an exponential moving average of the weights (decay) and end on it; 0 = off"
-    )
     seed: int = 0
 
 
@@ -260,27 +257,6 @@ def _frozen(teachers: Sequence[nn.Module], student: nn.Module) -> Iterator[None]
             p.requires_grad_(True)
 
 
-class _WeightAverage:
-    """An exponential moving average of the student's parameters (Polyak averaging): the
-    finisher trains on a stream of random augmentations, and the average of the last few
-    hundred steps' weights sits nearer the middle of what they agree on than the last step."""
-
-    def __init__(self, model: nn.Module, decay: float) -> None:
-        self.params = [p for p in model.parameters() if p.is_floating_point()]
-        self.shadow = [p.detach().clone() for p in self.params]
-        self.decay = decay
-
-    @torch.no_grad()
-    def update(self) -> None:
-        for s, p in zip(self.shadow, self.params, strict=True):
-            s.lerp_(p, 1 - self.decay)
-
-    @torch.no_grad()
-    def copy_to(self) -> None:
-        for s, p in zip(self.shadow, self.params, strict=True):
-            p.copy_(s)
-
-
 def distill(
     student: nn.Module,
     teachers: Sequence[nn.Module],
@@ -307,7 +283,6 @@ def distill(
     fused = dev.type in ("cpu", "cuda")  # where torch has the fused kernel
     optim = torch.optim.Adam(student.parameters(), lr=opts.lr, weight_decay=opts.weight_decay, fused=fused)
     batches = _source_batches(data, opts.batch_size, g, dev, budget["augment"] == "dsa", opts.aug_groups)
-    average = _WeightAverage(student, opts.ema) if opts.ema > 0 else None
     t0, first, last = time.perf_counter(), float("nan"), float("nan")
     with _frozen(teachers, student), progress_bar(total, "distil", enabled=progress) as bar:
         for step in range(total):
@@ -319,12 +294,8 @@ def distill(
             optim.zero_grad(set_to_none=True)
             last = _step(student, teachers, parts, opts.teacher, budget)
             optim.step()
-            if average is not None:
-                average.update()
             first = last if step == 0 else first
             bar.advance(loss=last)
-    if average is not None:
-        average.copy_to()
     student.eval()
     return {
         **budget,
