@@ -25,10 +25,11 @@ from .spec import AxisRef, PermGroup, PermutationSpec
 __all__ = ["FIXED", "derive_spec", "trace"]
 
 
-def trace(model: nn.Module) -> fx.GraphModule:
-    """``torch.fx`` trace that keeps each node's source line (for error messages)."""
+def trace(model: nn.Module, stack_traces: bool = False) -> fx.GraphModule:
+    """``torch.fx`` trace; with ``stack_traces`` each node keeps its source line (for error
+    messages: torch symbolises them with a module whose first import takes over a second)."""
     tracer = fx.Tracer()
-    tracer.record_stack_traces = True
+    tracer.record_stack_traces = stack_traces
     try:
         graph = tracer.trace(model)
     except Exception as e:  # tracing failures come in many types
@@ -57,8 +58,18 @@ def _propagate(model: nn.Module, gm: fx.GraphModule, example_input: torch.Tensor
 
 
 def derive_spec(model: nn.Module, example_input: torch.Tensor) -> PermutationSpec:
-    """Trace ``model`` and return its permutation groups (the head and input stay fixed)."""
-    gm = trace(model)
+    """Trace ``model`` and return its permutation groups (the head and input stay fixed).
+
+    A model that is refused is traced again with stack traces, so that the error names the
+    line of the user's code; a model that is accepted never pays for them."""
+    try:
+        return _derive(model, example_input, stack_traces=False)
+    except AlignmentError:
+        return _derive(model, example_input, stack_traces=True)
+
+
+def _derive(model: nn.Module, example_input: torch.Tensor, stack_traces: bool) -> PermutationSpec:
+    gm = trace(model, stack_traces)
     _propagate(model, gm, example_input)
     ctx = Ctx(gm)
     state = model.state_dict()
