@@ -95,8 +95,12 @@ def test_pleas_options_are_checked_before_any_work() -> None:
         merge_models(a, b, method="pleas", progress=False)
 
 
-@pytest.mark.parametrize(("adversarial", "ratio"), [(0.0, 0.5), (0.1, 0.95)])
-def test_distillation_moves_the_student_toward_each_sources_teacher(adversarial: float, ratio: float) -> None:
+@pytest.mark.parametrize(
+    ("adversarial", "ratio", "precision"), [(0.0, 0.5, "fp32"), (0.1, 0.95, "fp32"), (0.1, 0.95, "bf16")]
+)
+def test_distillation_moves_the_student_toward_each_sources_teacher(
+    adversarial: float, ratio: float, precision: str
+) -> None:
     a, b = _ckpt("mlp:16x12", 0), _ckpt("mlp:16x12", 1)
     data = _data()
     student = copy.deepcopy(a.model)
@@ -112,10 +116,11 @@ def test_distillation_moves_the_student_toward_each_sources_teacher(adversarial:
         student,
         [a.model, b.model],
         data,
-        DistillOptions(steps=150, lr=3e-3, augment="none", adversarial=adversarial),
+        DistillOptions(steps=150, lr=3e-3, augment="none", adversarial=adversarial, precision=precision),
         progress=False,
     )
     assert gap() < ratio * before
+    assert all(p.dtype == torch.float32 for p in student.parameters())  # mixed precision keeps fp32 weights
     assert info["steps"] == 150 and info["loss_last"] < info["loss_first"]
 
 

@@ -82,6 +82,11 @@ class DistillOptions(BaseModel):
     teacher: Literal["own", "ensemble"] = Field(
         "own", description="own: source i is taught by model i; ensemble: every image by the mean of both"
     )
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32",
+        description="bf16: forward passes in mixed precision (autocast; weights and Adam stay fp32), "
+        "2-3x faster for CNNs on CPUs with bf16 instructions and on GPUs",
+    )
     seed: int = 0
 
 
@@ -273,6 +278,8 @@ def distill(
             f"{len(data.sources)} sources); pass one --data spec per model or --ft-opt teacher=ensemble"
         )
     dev = torch.device(device)
+    if opts.precision == "bf16" and dev.type not in ("cpu", "cuda"):
+        raise PermergeError(f"--ft-opt precision=bf16 needs a CPU or CUDA device, not {dev.type}")
     budget = resolve_budget(opts, data)
     total = int(budget["steps"])
     g = torch.Generator().manual_seed(opts.seed)
@@ -292,7 +299,8 @@ def distill(
             if opts.mixup:
                 parts = _mix(parts, g)
             optim.zero_grad(set_to_none=True)
-            last = _step(student, teachers, parts, opts.teacher, budget)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=opts.precision == "bf16"):
+                last = _step(student, teachers, parts, opts.teacher, budget)
             optim.step()
             first = last if step == 0 else first
             bar.advance(loss=last)
