@@ -207,7 +207,8 @@ def reduce_rows(cost, sign, u, v, col4row, row4col, max_steps):  # one piece: a 
                 continue
             steps += 1
             # best (u1 at j1, its first column) and second best (u2) reduced cost of row i;
-            # on a tie (u2 == u1) j2 is the second column attaining it
+            # j2 >= 0 says a second column exists, and its index is used only on a tie
+            # (u2 == u1), where it is the second column attaining the minimum
             _reduced_row(cost, i, sign, v, h)
             u1 = _min_of(h)
             j1 = _first(h, u1, 0)
