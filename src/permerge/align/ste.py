@@ -129,7 +129,7 @@ class _Merged:
         # on one thread and took twice as long here)
         out = {n: self.a_part[n] + lam * pb[n] for n in self.names}
         for k in self.buffers:
-            out[k] = pb[k].clone() if not pb[k].is_floating_point() else torch.lerp(self.state_a[k], pb[k], self.lam)
+            out[k] = pb[k].clone() if not pb[k].is_floating_point() else torch.lerp(self.state_a[k], pb[k], lam)
         return out
 
     def loss(self, perm: Permutation, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
