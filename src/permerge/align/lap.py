@@ -271,6 +271,7 @@ class AssignmentSolver:
         return np.arange(n, dtype=np.int64), col4row.copy()
 
 
+MAX_THREADS = 4  # solve_many's cap: the calling thread plus MAX_THREADS - 1 pool workers
 _pools: dict[int, ThreadPoolExecutor] = {}  # per process: a pool does not survive a fork
 _pools_lock = threading.Lock()
 
@@ -279,7 +280,7 @@ def _pool() -> ThreadPoolExecutor:
     with _pools_lock:
         pool = _pools.get(os.getpid())
         if pool is None:
-            pool = _pools[os.getpid()] = ThreadPoolExecutor(max_workers=3, thread_name_prefix="permerge-lap")
+            pool = _pools[os.getpid()] = ThreadPoolExecutor(MAX_THREADS - 1, thread_name_prefix="permerge-lap")
         return pool
 
 
@@ -293,7 +294,7 @@ def solve_many(
     release the GIL; jobs SciPy takes (small or non-finite problems) mostly wait on it, which
     costs nothing but the thread hand-over. With ``threads`` 1 or one job, no thread is used.
     """
-    threads = min(threads, len(jobs), 4)
+    threads = min(threads, len(jobs), MAX_THREADS)
     if threads <= 1:
         return [s.solve(c, maximize=maximize)[1] for s, c in jobs]
     futures = [_pool().submit(s.solve, c, maximize=maximize) for s, c in jobs[1:]]
