@@ -310,7 +310,8 @@ def _print_merge(r: dict[str, Any], name: str, out: Path | None) -> None:
     if ft:
         console.print(
             f"distillation: {ft['steps']} steps ({ft['reason']}), lr {ft['lr']:g}, T {ft['temperature']:g}, "
-            f"augment {ft['augment']}, disagreement inputs {ft['adversarial']:g}, label weight {ft['label_weight']:g}; "
+            f"augment {ft['augment']}, disagreement inputs {ft['adversarial']:g}, label weight {ft['label_weight']:g}, "
+            f"feature hints {ft.get('hint', 0):g}; "
             f"{ft['seconds']:.1f}s"
         )
     console.print(scores_table(f"{name} merge at lam={r['lam']:.2f}", {name: r["scores"]}))

@@ -127,7 +127,8 @@ def test_distillation_moves_the_student_toward_each_sources_teacher(
 def test_distillation_budget_is_chosen_from_the_merge_data_and_options_win() -> None:
     small = resolve_budget(DistillOptions(), _data())
     assert small["augment"] == "dsa" and small["steps"] == 2000 and "small" in small["reason"]
-    assert small["adversarial"] > 0 and small["label_weight"] == 0
+    assert small["adversarial"] > 0 and small["label_weight"] == 0 and small["hint"] == 0  # nothing aligned
+    assert resolve_budget(DistillOptions(), _data(), can_hint=True)["hint"] > 0
     big = MergeData(tuple(ImageSet(torch.rand(4000, 1, 4, 4), torch.arange(4000) % 10, name=f"s{i}") for i in range(2)))
     large = resolve_budget(DistillOptions(), big)
     assert (
@@ -136,6 +137,7 @@ def test_distillation_budget_is_chosen_from_the_merge_data_and_options_win() -> 
         and large["adversarial"] == 0
         and large["label_weight"] > 0
     )
+    assert resolve_budget(DistillOptions(), big, can_hint=True)["hint"] == 0
     given = resolve_budget(DistillOptions(steps=7, augment="dsa"), big)
     assert given["steps"] == 7 and given["augment"] == "dsa" and given["reason"] == "given"
 
@@ -203,7 +205,7 @@ def test_zipit_stop_layer_zero_keeps_both_models_side_by_side() -> None:
 
 
 def test_disagreement_inputs_raise_the_student_teacher_divergence() -> None:
-    from permerge.merge.distill import Part, _clean_pass, _frozen
+    from permerge.merge.distill import Part, _clean_pass, _frozen, _Net
 
     student, teacher = _ckpt("mlp:16x12", 0).model, _ckpt("mlp:16x12", 1).model
     x, y = torch.rand(32, 1, 8, 8), torch.zeros(32, dtype=torch.long)
@@ -215,7 +217,8 @@ def test_disagreement_inputs_raise_the_student_teacher_divergence() -> None:
 
     budget = {"temperature": 2.0, "adversarial": 0.05, "label_weight": 0.0}
     with _frozen([teacher], student):
-        loss, moved = _clean_pass(student, [teacher], [Part(x, y, y, torch.ones(32))], "own", budget, 0.5)
+        parts = [Part(x, y, y, torch.ones(32))]
+        loss, moved = _clean_pass(_Net(student), [_Net(teacher)], parts, "own", budget, 0.5)
     assert moved is not None and moved[0].shape == x.shape and not moved[0].requires_grad
     assert kl(moved[0]) > kl(x) and loss > 0
     assert all(p.grad is not None for p in student.parameters())  # the same pass trained the weights
@@ -228,7 +231,8 @@ def test_mixed_inputs_learn_both_labels_weighted_as_mixed() -> None:
     logits = torch.tensor([[2.0, 0.0, -1.0]])
     target = torch.full((1, 3), 1 / 3)
     y, y2 = torch.tensor([0]), torch.tensor([2])
-    mixed = _loss(logits, target, [Part(logits, y, y2, torch.tensor([0.25]))], 1.0, 1.0)
+    budget = {"temperature": 1.0, "label_weight": 1.0}
+    mixed = _loss((logits, []), (target, []), [Part(logits, y, y2, torch.tensor([0.25]))], budget)
     ce = torch.nn.functional.cross_entropy
     assert torch.isclose(mixed, 0.25 * ce(logits, y) + 0.75 * ce(logits, y2))
 
@@ -251,3 +255,47 @@ def test_pleas_refit_inputs_build_only_what_enters_the_sample(monkeypatch: pytes
     assert x.shape == (500, 1, 8, 8) and sum(built) == 500
     small = _refit_inputs(_data(), 2, 500, torch.Generator().manual_seed(0), torch.device("cpu"))
     assert len(small) == 2 * 60 * 3  # under the cap: every image and every copy
+
+
+def test_feature_hints_pair_each_teachers_units_with_the_merged_models() -> None:
+    """B with A's units shuffled is A: weight matching undoes the shuffle, so the hint teachers
+    (A, and B permuted to the merge) have exactly the merged model's features; B as stored
+    does not."""
+    from permerge.merge.core import _teachers
+    from permerge.merge.distill import _hint_loss, _Net
+    from permerge.permutation.fx import derive_spec
+    from permerge.permutation.spec import apply_permutation
+
+    a = _ckpt("mlp:16x12", 0)
+    spec = derive_spec(a.model, torch.rand(2, 1, 8, 8))
+    g = torch.Generator().manual_seed(3)
+    shuffle = {k: torch.randperm(grp.size, generator=g) for k, grp in spec.groups.items()}
+    b = copy.deepcopy(a)
+    b.model.load_state_dict(apply_permutation(spec, shuffle, a.model.state_dict()))
+    r = merge_models(a, b, method="wm", data=_data(), progress=False)
+    teachers, nodes = _teachers(a, b, r, DistillOptions(hint=1.0))
+    assert len(nodes) >= 2
+    x = torch.rand(8, 1, 8, 8)
+    with torch.no_grad():
+        _, feats = _Net(r.model, nodes)(x)
+        assert all(float(_hint_loss(feats, _Net(t, nodes)(x)[1])) < 1e-8 for t in teachers)
+        assert float(_hint_loss(feats, _Net(b.model, nodes)(x)[1])) > 0.1
+
+
+def test_feature_hints_train_the_student_through_its_probe() -> None:
+    a, b = _ckpt("mlp:16x12", 0), _ckpt("mlp:16x12", 1)
+    opts = {"steps": 30, "hint": 1.0, "augment": "none", "lr": 3e-3}
+    r = merge_models(a, b, method="wm", data=_data(), finetune="kd", finetune_options=opts, progress=False)
+    plain = merge_models(a, b, method="wm", data=_data(), progress=False)
+    info = r.info["finetune"]
+    assert info["hint"] == 1.0 and info["loss_last"] < info["loss_first"]
+    assert any(not torch.equal(p, q) for p, q in zip(r.model.parameters(), plain.model.parameters(), strict=True))
+    default = merge_models(
+        a, b, method="wm", data=_data(), finetune="kd", finetune_options={"steps": 2}, progress=False
+    )
+    no_merge = merge_models(
+        a, b, method="source", data=_data(), finetune="kd", finetune_options={"steps": 2}, progress=False
+    )
+    assert default.info["finetune"]["hint"] > 0 and no_merge.info["finetune"]["hint"] == 0  # hints where units pair
+    with pytest.raises(PermergeError, match="hint needs a same-width permutation merge"):
+        merge_models(a, b, method="source", data=_data(), finetune="kd", finetune_options={"hint": 1}, progress=False)

@@ -198,15 +198,29 @@ def merge_models(
     result.info = {**info, **result.info}
     if ft_opts is not None:
         assert data is not None
+        teachers, nodes = _teachers(a, b, result, ft_opts)
         result.info["finetune"] = {
             "method": finetune,
-            **distill(result.model, [a.model, b.model], data, ft_opts, device=device, progress=progress),
+            **distill(result.model, teachers, data, ft_opts, device=device, progress=progress, hint_nodes=nodes),
         }
         if bn_reset and has_batchnorm(result.model):
             result.model = reset_bn(result.model, data.combined(), device=device)
     result.info["seconds"] = time.perf_counter() - t0
     result.info["size"] = size_vs_source(result.model, a.model, a.config.in_shape)
     return result
+
+
+def _teachers(
+    a: Checkpoint, b: Checkpoint, result: MergeResult, opts: DistillOptions
+) -> tuple[list[nn.Module], tuple[str, ...]]:
+    """The finisher's teachers, and the nodes its feature hints read (hints only): B permuted
+    to the merge, so unit i of every hidden layer means the same in the student and in both
+    teachers."""
+    aligned = result.method not in BASELINES and result.method not in mergers()  # a plain permutation merge
+    if opts.hint == 0 or not aligned or result.perm is None or result.spec is None:
+        return [a.model, b.model], ()
+    nodes = tuple(n for g in result.spec.probes.values() for n in g)
+    return [a.model, aligned_copy(b, result.spec, result.perm)], nodes
 
 
 def _check_request(method: str, lam: float | str, data: MergeData | None) -> None:
@@ -299,7 +313,13 @@ def _finetune_options(
     if method == "ensemble":
         raise PermergeError("--finetune needs one model to train; the output ensemble is two (use another method)")
     try:
-        return DistillOptions(**(options or {}))
+        opts = DistillOptions(**(options or {}))
     except ValidationError as e:
         where, msg = first_error(e)
         raise PermergeError(f"invalid --ft-opt {where!r}: {msg}") from None
+    if opts.hint and (method in BASELINES or method in mergers()):
+        raise PermergeError(
+            f"--ft-opt hint needs a same-width permutation merge (e.g. wm, am, ste) to pair the "
+            f"teachers' units with the merged model's, not {method}"
+        )
+    return opts

@@ -26,11 +26,12 @@ from typing import Any, Literal, NamedTuple
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
-from torch import nn
+from torch import fx, nn
 
 from ..augment import default_augment
 from ..data.mergedata import MergeData
 from ..errors import PermergeError
+from ..permutation.fx import trace
 from ..progress import progress_bar
 
 # Merge data below this many images (all sources together) counts as "a few images per
@@ -44,6 +45,9 @@ ADVERSARIAL = 0.1
 # more than the teachers (a jointly trained model beats the mean of the two sources' own
 # accuracies), so the student should learn from both. Chosen on validation (RESULTS.md §8).
 LABEL_WEIGHT = 0.5
+# Weight of the feature hints on small merge data. Chosen on the validation split over 3 pairs
+# at 1 image/class (0 / 1 / 3 -> 90.24 / 90.67 / 90.82); neutral at 10/class (docs/RESULTS.md §8e).
+HINT = 3.0
 # Passes over large merge data: with the labels in the loss the student keeps improving past
 # the two passes that soft targets alone needed (validation, RESULTS.md §8).
 FULL_PASSES = 8
@@ -82,6 +86,13 @@ class DistillOptions(BaseModel):
     teacher: Literal["own", "ensemble"] = Field(
         "own", description="own: source i is taught by model i; ensemble: every image by the mean of both"
     )
+    hint: float | None = Field(
+        None,
+        ge=0,
+        description="weight of feature hints: every hidden layer of the student matches its own teacher's "
+        "(B permuted to the merge) on each input (default: 3 for small merge data after a same-width "
+        "permutation merge, else 0)",
+    )
     precision: Literal["fp32", "bf16"] = Field(
         "fp32",
         description="bf16: forward passes in mixed precision (autocast; weights and Adam stay fp32), "
@@ -90,19 +101,21 @@ class DistillOptions(BaseModel):
     seed: int = 0
 
 
-def resolve_budget(opts: DistillOptions, data: MergeData) -> dict[str, Any]:
+def resolve_budget(opts: DistillOptions, data: MergeData, can_hint: bool = False) -> dict[str, Any]:
     """Steps and augmentation for this merge data, unless the options fix them.
 
     Small merge data (a few images per class): 2,000 steps with DSA. Chosen on the validation
     split (never the test set) with ``benchmarks/distill_recipe.py`` on MNIST vs Fashion-MNIST
     at 10 images/class: 1,500 / 3,000 steps gave 92.15 / 92.36 (docs/RESULTS.md §8), 2,000 is
-    the compromise with time; disagreement inputs on (``ADVERSARIAL``), no hard labels. Full
+    the compromise with time; disagreement inputs on (``ADVERSARIAL``), no hard labels, feature
+    hints at ``HINT`` where ``can_hint`` (the teachers' units are aligned to the student's). Full
     data: ``FULL_PASSES`` passes over the largest source at the batch share, at least 1,000
     steps, without augmentation, with the hard labels at weight ``LABEL_WEIGHT``."""
     small = len(data) < SMALL_DATA
     augment = opts.augment if opts.augment != "auto" else ("dsa" if small else "none")
     adversarial = opts.adversarial if opts.adversarial is not None else (ADVERSARIAL if small else 0.0)
     label_weight = opts.label_weight if opts.label_weight is not None else (0.0 if small else LABEL_WEIGHT)
+    hint = opts.hint if opts.hint is not None else (HINT if small and can_hint else 0.0)
     if opts.steps is not None:
         steps, why = opts.steps, "given"
     elif small:
@@ -117,6 +130,7 @@ def resolve_budget(opts: DistillOptions, data: MergeData) -> dict[str, Any]:
         "label_weight": label_weight,
         "lr": opts.lr,
         "temperature": opts.temperature,
+        "hint": hint,
         "reason": why,
     }
 
@@ -167,33 +181,87 @@ def _mix(parts: list[Part], g: torch.Generator) -> list[Part]:
     return out
 
 
-def _soft_targets(
-    teachers: Sequence[nn.Module], xs: Sequence[torch.Tensor], mode: str, t: float, grad: bool = False
-) -> torch.Tensor:
-    """Teacher probabilities at temperature ``t`` for every image (``xs[i]``: source i's inputs);
-    ``grad``: keep the graph back to the inputs (the teachers' weights are frozen)."""
-    out = []
+class _Net:
+    """A model's forward that also returns its activations at the hint nodes (none without hints).
+
+    The probe is an fx copy of the model that shares its modules and parameters, so training
+    through it trains the model."""
+
+    def __init__(self, model: nn.Module, nodes: Sequence[str] = ()) -> None:
+        self.model, self.nodes = model, tuple(nodes)
+        self.probe = _with_features(model, self.nodes) if self.nodes else None
+
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        if self.probe is None:
+            return self.model(x), []
+        out, feats = self.probe(x)
+        return out, [feats[n] for n in self.nodes]
+
+
+def _with_features(model: nn.Module, nodes: Sequence[str]) -> fx.GraphModule:
+    """A traced view of ``model`` (the trace the spec was derived from, so node names match)
+    returning ``(output, {node: activation})``."""
+    gm = trace(model)
+    by_name = {n.name: n for n in gm.graph.nodes}
+    missing = [n for n in nodes if n not in by_name]
+    if missing:
+        raise PermergeError(f"feature hints: nodes {missing} not found in the traced model")
+    out = next(n for n in gm.graph.nodes if n.op == "output")
+    out.args = ((out.args[0], {k: by_name[k] for k in nodes}),)
+    gm.recompile()
+    return gm
+
+
+def _teach(
+    teachers: Sequence[_Net], xs: Sequence[torch.Tensor], mode: str, t: float, grad: bool = False
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Teacher probabilities at temperature ``t`` for every image (``xs[i]``: source i's inputs)
+    and, with hints, the own teacher's activations per hint node; ``grad``: keep the graph back
+    to the inputs (the teachers' weights are frozen)."""
+    probs, feats = [], []
     with torch.set_grad_enabled(grad):
         for i, x in enumerate(xs):
-            models = [teachers[i]] if mode == "own" else list(teachers)
-            out.append(torch.stack([F.softmax(m(x) / t, dim=1) for m in models]).mean(0))
-    return torch.cat(out)
+            outs = [teachers[i](x)] if mode == "own" else [m(x) for m in teachers]
+            probs.append(torch.stack([F.softmax(o / t, dim=1) for o, _ in outs]).mean(0))
+            feats.append(outs[0][1])
+    return torch.cat(probs), [torch.cat(f) for f in zip(*feats, strict=True)]
 
 
-def _loss(logits: torch.Tensor, target: torch.Tensor, parts: Sequence[Part], t: float, w: float) -> torch.Tensor:
-    """Soft-target KL at temperature ``t``; with ``w`` > 0 also the hard labels (both labels of a
-    mixed input, weighted as the images were)."""
-    loss = F.kl_div(F.log_softmax(logits / t, dim=1), target, reduction="batchmean") * t * t
+def _hint_loss(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Mean over hint nodes of the squared feature error relative to the teacher's feature
+    energy, so layers of any scale weigh alike (FitNets' hints, Romero et al. 2015, on the units
+    the alignment already paired)."""
+    terms = [
+        F.mse_loss(s.float(), q.float()) / (q.float().pow(2).mean() + 1e-8)
+        for s, q in zip(student, teacher, strict=True)
+    ]
+    return torch.stack(terms).mean()
+
+
+def _loss(
+    out: tuple[torch.Tensor, list[torch.Tensor]],
+    target: tuple[torch.Tensor, list[torch.Tensor]],
+    parts: Sequence[Part],
+    budget: dict[str, Any],
+) -> torch.Tensor:
+    """Soft-target KL at the budget's temperature; with a label weight > 0 also the hard labels
+    (both labels of a mixed input, weighted as the images were); with a hint weight > 0 also the
+    feature hints."""
+    (logits, feats), (probs, teacher_feats) = out, target
+    t, w, h = budget["temperature"], budget["label_weight"], budget.get("hint", 0.0)
+    loss = F.kl_div(F.log_softmax(logits / t, dim=1), probs, reduction="batchmean") * t * t
     if w > 0:
         y, y2, lam = (torch.cat([getattr(p, f) for p in parts]) for f in ("y", "y_partner", "lam"))
         ce = F.cross_entropy(logits, y, reduction="none"), F.cross_entropy(logits, y2, reduction="none")
         loss = (1 - w) * loss + w * (lam * ce[0] + (1 - lam) * ce[1]).mean()
+    if h > 0:
+        loss = loss + h * _hint_loss(feats, teacher_feats)
     return loss
 
 
 def _clean_pass(
-    student: nn.Module,
-    teachers: Sequence[nn.Module],
+    student: _Net,
+    teachers: Sequence[_Net],
     parts: list[Part],
     mode: str,
     budget: dict[str, Any],
@@ -212,9 +280,8 @@ def _clean_pass(
     label is invented."""
     t, eps = budget["temperature"], budget["adversarial"]
     xs = [p.x.detach().requires_grad_(eps > 0) for p in parts]
-    x = torch.cat(xs)
-    target = _soft_targets(teachers, xs, mode, t, grad=eps > 0)  # the KL's full input gradient
-    loss = _loss(student(x), target, parts, t, budget["label_weight"])
+    target = _teach(teachers, xs, mode, t, grad=eps > 0)  # the loss's full input gradient
+    loss = _loss(student(torch.cat(xs)), target, parts, budget)
     _check_finite(loss)
     (loss * weight).backward()
     moved = [(xi + eps * _grad(xi).sign()).detach() for xi in xs] if eps > 0 else None
@@ -231,17 +298,14 @@ def _check_finite(loss: torch.Tensor) -> None:
         raise PermergeError(f"distillation diverged (loss {loss.item()}); lower --ft-opt lr")
 
 
-def _step(
-    student: nn.Module, teachers: Sequence[nn.Module], parts: list[Part], mode: str, budget: dict[str, Any]
-) -> float:
+def _step(student: _Net, teachers: Sequence[_Net], parts: list[Part], mode: str, budget: dict[str, Any]) -> float:
     """Accumulate one step's gradients (the batch, then its disagreement inputs, each half the
     weight: the mean over both, as one batch of twice the size); return the loss."""
-    t, w = budget["temperature"], budget["label_weight"]
     half = 0.5 if budget["adversarial"] > 0 else 1.0
     loss, moved = _clean_pass(student, teachers, parts, mode, budget, half)
     if moved is None:
         return loss
-    adv = _loss(student(torch.cat(moved)), _soft_targets(teachers, moved, mode, t), parts, t, w)
+    adv = _loss(student(torch.cat(moved)), _teach(teachers, moved, mode, budget["temperature"]), parts, budget)
     _check_finite(adv)
     (adv * half).backward()
     return half * (loss + float(adv.item()))
@@ -270,8 +334,17 @@ def distill(
     *,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    hint_nodes: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Train ``student`` in place to match the teachers on (augmented) merge data; return info."""
+    """Train ``student`` in place to match the teachers on (augmented) merge data; return info.
+
+    ``hint_nodes``: fx nodes whose activations carry units the student shares with each teacher
+    (the alignment's probes, with B's units permuted to the merge); used when ``opts.hint`` > 0."""
+    if opts.hint and (not hint_nodes or opts.teacher != "own"):
+        raise PermergeError(
+            "--ft-opt hint needs each teacher's hidden units aligned to the merged model's "
+            "(a same-width permutation merge: wm, am, ste) and teacher=own"
+        )
     if opts.teacher == "own" and len(teachers) != len(data.sources):
         raise PermergeError(
             f"distillation with teacher=own needs one merge source per model ({len(teachers)} models, "
@@ -280,12 +353,14 @@ def distill(
     dev = torch.device(device)
     if opts.precision == "bf16" and dev.type not in ("cpu", "cuda"):
         raise PermergeError(f"--ft-opt precision=bf16 needs a CPU or CUDA device, not {dev.type}")
-    budget = resolve_budget(opts, data)
+    budget = resolve_budget(opts, data, can_hint=bool(hint_nodes) and opts.teacher == "own")
     total = int(budget["steps"])
     g = torch.Generator().manual_seed(opts.seed)
     for m in teachers:
         m.to(dev).eval()
     student.to(dev).train()
+    nodes = tuple(hint_nodes) if budget["hint"] > 0 else ()
+    student_net, teacher_nets = _Net(student, nodes), [_Net(m, nodes) for m in teachers]
     # fused: one kernel over all parameters instead of a dozen per tensor (a seventh of a step)
     fused = dev.type in ("cpu", "cuda")  # where torch has the fused kernel
     optim = torch.optim.Adam(student.parameters(), lr=opts.lr, weight_decay=opts.weight_decay, fused=fused)
@@ -300,7 +375,7 @@ def distill(
                 parts = _mix(parts, g)
             optim.zero_grad(set_to_none=True)
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=opts.precision == "bf16"):
-                last = _step(student, teachers, parts, opts.teacher, budget)
+                last = _step(student_net, teacher_nets, parts, opts.teacher, budget)
             optim.step()
             first = last if step == 0 else first
             bar.advance(loss=last)
