@@ -10,7 +10,10 @@ few dozen steps; one random DSA operation per source per batch (the same augment
 makes condensed sets generalise) turns them into a stream of new inputs on which the teachers
 still answer. This is knowledge distillation (Hinton et al. 2015) used as the refit step of a
 merge; it works after any merge method and on a single source model too (the "no merge"
-baseline that tells what merging itself is worth).
+baseline that tells what merging itself is worth). After a permutation merge the student's
+hidden units are paired with each teacher's, so it can also be taught each teacher's hidden
+activations ("hints"): hundreds of numbers per image where a logit has ten, which is what
+helps when the merge data is one image per class.
 
 The step budget is chosen from the merge data (see :func:`resolve_budget`) and recorded.
 """
@@ -45,9 +48,10 @@ ADVERSARIAL = 0.1
 # more than the teachers (a jointly trained model beats the mean of the two sources' own
 # accuracies), so the student should learn from both. Chosen on validation (RESULTS.md §8).
 LABEL_WEIGHT = 0.5
-# Weight of the feature hints on small merge data. Chosen on the validation split over 3 pairs
-# at 1 image/class (0 / 1 / 3 -> 90.24 / 90.67 / 90.82); neutral at 10/class (docs/RESULTS.md §8e).
-HINT = 3.0
+# Weight of the feature hints on small merge data. Chosen on the validation split, 3 pairs, by
+# the mean over 1 and 10 images/class (weights 0 / 1 / 3 / 10 / 30 at 1/class: 90.24 / 90.67 /
+# 90.82 / 91.03 / lower; at 10/class 92.28 / 92.30 / 92.37 / 92.29): docs/RESULTS.md §8e.
+HINT = 10.0
 # Passes over large merge data: with the labels in the loss the student keeps improving past
 # the two passes that soft targets alone needed (validation, RESULTS.md §8).
 FULL_PASSES = 8
@@ -90,7 +94,7 @@ class DistillOptions(BaseModel):
         None,
         ge=0,
         description="weight of feature hints: every hidden layer of the student matches its own teacher's "
-        "(B permuted to the merge) on each input (default: 3 for small merge data after a same-width "
+        "(B permuted to the merge) on each input (default: 10 for small merge data after a same-width "
         "permutation merge, else 0)",
     )
     precision: Literal["fp32", "bf16"] = Field(
