@@ -8,6 +8,7 @@ as carrying each group (after the nonlinearity); conv maps contribute every spat
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -16,6 +17,7 @@ from torch import fx, nn
 from torch.func import functional_call
 
 from ..errors import AlignmentError
+from ..permutation.fx import trace
 from ..permutation.spec import PermutationSpec
 from ..progress import progress_bar
 from .lap import AssignmentSolver
@@ -30,15 +32,18 @@ class AMOptions(BaseModel):
     seed: int = 0
 
 
-def probe_module(model: nn.Module, nodes: list[str]) -> fx.GraphModule:
-    """A traced copy of ``model`` that returns ``{node name: activation}`` for ``nodes``."""
-    gm = fx.symbolic_trace(model)
+def probe_module(model: nn.Module, nodes: Sequence[str], with_output: bool = False) -> fx.GraphModule:
+    """A traced view of ``model`` (the trace its spec was derived from, so node names match;
+    it shares the model's modules and parameters) that returns ``{node name: activation}`` for
+    ``nodes``, or ``(output, that dict)`` with ``with_output``."""
+    gm = trace(model)
     by_name = {n.name: n for n in gm.graph.nodes}
     missing = [n for n in nodes if n not in by_name]
     if missing:
         raise AlignmentError(f"probe nodes {missing} not found in the traced model")
     out = next(n for n in gm.graph.nodes if n.op == "output")
-    out.args = ({k: by_name[k] for k in nodes},)
+    probes = {k: by_name[k] for k in nodes}
+    out.args = ((out.args[0], probes),) if with_output else (probes,)
     gm.graph.eliminate_dead_code()
     gm.recompile()
     return gm

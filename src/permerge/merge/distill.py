@@ -29,12 +29,12 @@ from typing import Any, Literal, NamedTuple
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
-from torch import fx, nn
+from torch import nn
 
+from ..align.activation_matching import probe_module
 from ..augment import default_augment
 from ..data.mergedata import MergeData
 from ..errors import PermergeError
-from ..permutation.fx import trace
 from ..progress import progress_bar
 
 # Merge data below this many images (all sources together) counts as "a few images per
@@ -193,27 +193,13 @@ class _Net:
 
     def __init__(self, model: nn.Module, nodes: Sequence[str] = ()) -> None:
         self.model, self.nodes = model, tuple(nodes)
-        self.probe = _with_features(model, self.nodes) if self.nodes else None
+        self.probe = probe_module(model, self.nodes, with_output=True) if self.nodes else None
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         if self.probe is None:
             return self.model(x), []
         out, feats = self.probe(x)
         return out, [feats[n] for n in self.nodes]
-
-
-def _with_features(model: nn.Module, nodes: Sequence[str]) -> fx.GraphModule:
-    """A traced view of ``model`` (the trace the spec was derived from, so node names match)
-    returning ``(output, {node: activation})``."""
-    gm = trace(model)
-    by_name = {n.name: n for n in gm.graph.nodes}
-    missing = [n for n in nodes if n not in by_name]
-    if missing:
-        raise PermergeError(f"feature hints: nodes {missing} not found in the traced model")
-    out = next(n for n in gm.graph.nodes if n.op == "output")
-    out.args = ((out.args[0], {k: by_name[k] for k in nodes}),)
-    gm.recompile()
-    return gm
 
 
 def _teach(
