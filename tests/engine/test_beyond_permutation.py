@@ -299,3 +299,20 @@ def test_feature_hints_train_the_student_through_its_probe() -> None:
     assert default.info["finetune"]["hint"] > 0 and no_merge.info["finetune"]["hint"] == 0  # hints where units pair
     with pytest.raises(PermergeError, match="hint needs a same-width permutation merge"):
         merge_models(a, b, method="source", data=_data(), finetune="kd", finetune_options={"hint": 1}, progress=False)
+
+
+@pytest.mark.parametrize(
+    ("arch", "shape"), [("cnn", (1, 28, 28)), ("resnet20", (3, 32, 32)), ("vit:tiny-d1", (1, 28, 28))]
+)
+def test_feature_hints_run_on_convolutional_residual_and_attention_models(
+    arch: str, shape: tuple[int, int, int]
+) -> None:
+    """Hints are on by default wherever a permutation merge pairs units; the probes of a
+    residual stream, BatchNorm outputs or token features must all feed the loss."""
+    a, b = _ckpt(arch, 0, shape), _ckpt(arch, 1, shape)
+    data = _data(n_per_class=2, shape=shape)
+    r = merge_models(
+        a, b, method="wm", data=data, finetune="kd", finetune_options={"steps": 2, "augment": "none"}, progress=False
+    )
+    info = r.info["finetune"]
+    assert info["hint"] > 0 and torch.isfinite(torch.tensor(info["loss_last"]))

@@ -202,6 +202,18 @@ class _Net:
         return out, [feats[n] for n in self.nodes]
 
 
+@torch.no_grad()
+def _batch_first(model: nn.Module, nodes: Sequence[str], data: MergeData, device: torch.device) -> tuple[str, ...]:
+    """The hint nodes whose activations have one row per image (axis 0 the batch): those the
+    sources' rows can be concatenated on. Others (an attention block's stacked q/k/v, say) are
+    left out, found by running two batch sizes through ``model`` (in eval mode)."""
+    s = data.sources[0]
+    x = s.normalization.apply(s.to_pixels(s.images[:1], device)).expand(3, *s.image_shape)
+    probe = probe_module(model, nodes)
+    two, three = probe(x[:2]), probe(x[:3])
+    return tuple(n for n in nodes if two[n].shape[0] == 2 and three[n].shape[0] == 3)
+
+
 def _teach(
     teachers: Sequence[_Net], xs: Sequence[torch.Tensor], mode: str, t: float, grad: bool = False
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -349,7 +361,8 @@ def distill(
     for m in teachers:
         m.to(dev).eval()
     student.to(dev).train()
-    nodes = tuple(hint_nodes) if budget["hint"] > 0 else ()
+    nodes = _batch_first(teachers[0], hint_nodes, data, dev) if budget["hint"] > 0 else ()
+    budget["hint"] = budget["hint"] if nodes else 0.0  # no probe with a row per image: no hints
     student_net, teacher_nets = _Net(student, nodes), [_Net(m, nodes) for m in teachers]
     # fused: one kernel over all parameters instead of a dozen per tensor (a seventh of a step)
     fused = dev.type in ("cpu", "cuda")  # where torch has the fused kernel
