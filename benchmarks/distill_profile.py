@@ -29,12 +29,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--top", type=int, default=20)
     ap.add_argument("--no-profile", action="store_true", help="time only (the profiler adds overhead)")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     a, b = load_checkpoint(args.a), load_checkpoint(args.b)
     data = MergeData(tuple(load_dataset(s, "train", seed=0) for s in args.data))
     student = copy.deepcopy(a.model)
-    opts = DistillOptions(steps=args.steps)
+    opts = DistillOptions(steps=args.steps, precision=args.precision)
     if args.no_profile:
         info = distill(student, [a.model, b.model], data, opts, progress=False)
     else:

@@ -28,7 +28,7 @@ from permerge.checkpoint import load_checkpoint
 from permerge.data import ImageSet, load_dataset
 from permerge.data.mergedata import MergeData
 from permerge.merge import merge_models, reset_bn
-from permerge.merge.core import aligned_copy
+from permerge.merge.core import finisher_teachers
 from permerge.merge.distill import DistillOptions, distill
 from permerge.train import evaluate_many, train_val_split
 
@@ -84,10 +84,6 @@ def run_pair(pa: str, pb: str, args: argparse.Namespace, settings: list[dict[str
         tests.append(load_dataset(ck.dataset, "test"))
     merged = merge_models(a, b, method=args.method, data=md, progress=False)
     start = merged.model
-    teachers_hint, nodes = [a.model, b.model], ()
-    if merged.perm is not None and merged.spec is not None:  # B aligned to the merge, for hints
-        teachers_hint = [a.model, aligned_copy(b, merged.spec, merged.perm)]
-        nodes = tuple(n for g in merged.spec.probes.values() for n in g)
     print(f"pair {pa} {pb}; start {args.method}: val {evaluate_many(start, vals)['mean_acc']:.2f}")
     for name, ck in (("A", a), ("B", b)):
         ev = evaluate_many(ck.model, vals)["per_dataset"]
@@ -97,7 +93,8 @@ def run_pair(pa: str, pb: str, args: argparse.Namespace, settings: list[dict[str
         opts = DistillOptions(**{**setting, "seed": args.seed})
         student = copy.deepcopy(start)
         t0 = time.perf_counter()
-        info = distill(student, teachers_hint, md, opts, progress=False, hint_nodes=nodes)
+        teachers, nodes = finisher_teachers(a, b, merged, opts, md)  # as merge_models does
+        info = distill(student, teachers, md, opts, progress=False, hint_nodes=nodes)
         student = reset_bn(student, md.combined())
         ev = evaluate_many(student, vals)
         v, per = ev["mean_acc"], " / ".join(f"{x['acc']:.2f}" for x in ev["per_dataset"].values())

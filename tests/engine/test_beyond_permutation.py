@@ -261,7 +261,7 @@ def test_feature_hints_pair_each_teachers_units_with_the_merged_models() -> None
     """B with A's units shuffled is A: weight matching undoes the shuffle, so the hint teachers
     (A, and B permuted to the merge) have exactly the merged model's features; B as stored
     does not."""
-    from permerge.merge.core import _teachers
+    from permerge.merge.core import finisher_teachers
     from permerge.merge.distill import _hint_loss, _Net
     from permerge.permutation.fx import derive_spec
     from permerge.permutation.spec import apply_permutation
@@ -273,13 +273,16 @@ def test_feature_hints_pair_each_teachers_units_with_the_merged_models() -> None
     b = copy.deepcopy(a)
     b.model.load_state_dict(apply_permutation(spec, shuffle, a.model.state_dict()))
     r = merge_models(a, b, method="wm", data=_data(), progress=False)
-    teachers, nodes = _teachers(a, b, r, DistillOptions(hint=1.0))
+    teachers, nodes = finisher_teachers(a, b, r, DistillOptions(hint=1.0), _data())
     assert len(nodes) >= 2
     x = torch.rand(8, 1, 8, 8)
     with torch.no_grad():
         _, feats = _Net(r.model, nodes)(x)
         assert all(float(_hint_loss(feats, _Net(t, nodes)(x)[1])) < 1e-8 for t in teachers)
         assert float(_hint_loss(feats, _Net(b.model, nodes)(x)[1])) > 0.1
+    big = MergeData(tuple(ImageSet(torch.rand(4000, 1, 8, 8), torch.arange(4000) % 10, name=f"s{i}") for i in range(2)))
+    as_stored, no_nodes = finisher_teachers(a, b, r, DistillOptions(), big)  # full data: no hints by default
+    assert as_stored[1] is b.model and no_nodes == ()
 
 
 def test_feature_hints_train_the_student_through_its_probe() -> None:

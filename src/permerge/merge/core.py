@@ -25,7 +25,7 @@ from ..errors import PermergeError, first_error
 from ..models import ModelConfig
 from ..permutation.spec import Permutation, PermutationSpec, apply_permutation
 from .bn import default_bn_reset, has_batchnorm, repair, reset_bn
-from .distill import DistillOptions, distill
+from .distill import DistillOptions, distill, resolve_budget
 from .ensemble import OutputEnsemble
 from .lerp import lerp_models
 from .methods import mergers
@@ -198,7 +198,7 @@ def merge_models(
     result.info = {**info, **result.info}
     if ft_opts is not None:
         assert data is not None
-        teachers, nodes = _teachers(a, b, result, ft_opts)
+        teachers, nodes = finisher_teachers(a, b, result, ft_opts, data)
         result.info["finetune"] = {
             "method": finetune,
             **distill(result.model, teachers, data, ft_opts, device=device, progress=progress, hint_nodes=nodes),
@@ -210,15 +210,17 @@ def merge_models(
     return result
 
 
-def _teachers(
-    a: Checkpoint, b: Checkpoint, result: MergeResult, opts: DistillOptions
+def finisher_teachers(
+    a: Checkpoint, b: Checkpoint, result: MergeResult, opts: DistillOptions, data: MergeData
 ) -> tuple[list[nn.Module], tuple[str, ...]]:
-    """The finisher's teachers, and the nodes its feature hints read (hints only): B permuted
-    to the merge, so unit i of every hidden layer means the same in the student and in both
-    teachers."""
-    aligned = result.method not in BASELINES and result.method not in mergers()  # a plain permutation merge
-    if opts.hint == 0 or not aligned or result.perm is None or result.spec is None:
+    """The finisher's teachers, and the nodes its feature hints read. Where hints will run (a
+    permutation merge, and a hint weight > 0 once the budget is resolved for ``data``), B comes
+    permuted to the merge, so unit i of every hidden layer means the same in the student and in
+    both teachers; otherwise the sources as they are."""
+    hints = result.method in align_methods() and resolve_budget(opts, data, can_hint=True)["hint"] > 0
+    if not hints:
         return [a.model, b.model], ()
+    assert result.spec is not None and result.perm is not None  # every alignment method sets them
     nodes = tuple(n for g in result.spec.probes.values() for n in g)
     return [a.model, aligned_copy(b, result.spec, result.perm)], nodes
 
@@ -317,7 +319,7 @@ def _finetune_options(
     except ValidationError as e:
         where, msg = first_error(e)
         raise PermergeError(f"invalid --ft-opt {where!r}: {msg}") from None
-    if opts.hint and (method in BASELINES or method in mergers()):
+    if opts.hint and method not in align_methods():
         raise PermergeError(
             f"--ft-opt hint needs a same-width permutation merge (e.g. wm, am, ste) to pair the "
             f"teachers' units with the merged model's, not {method}"
