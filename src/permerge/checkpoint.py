@@ -47,6 +47,13 @@ class Checkpoint:
         d = self.meta.get("dataset")
         return str(d) if d else None
 
+    @property
+    def trained_with_augmentation(self) -> bool:
+        """Whether the recorded training recipe augmented its data (False when unknown, e.g. a
+        model imported from another framework)."""
+        train = self.meta.get("train")
+        return isinstance(train, dict) and train.get("augment") not in (None, False, "none")
+
 
 def check_finite(state: dict[str, torch.Tensor], where: str) -> None:
     for k, v in state.items():

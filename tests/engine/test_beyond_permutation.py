@@ -140,6 +140,23 @@ def test_distillation_budget_is_chosen_from_the_merge_data_and_options_win() -> 
     assert resolve_budget(DistillOptions(), big, can_hint=True)["hint"] == 0
     given = resolve_budget(DistillOptions(steps=7, augment="dsa"), big)
     assert given["steps"] == 7 and given["augment"] == "dsa" and given["reason"] == "given"
+    augmented = resolve_budget(DistillOptions(), big, sources_augmented=True)
+    assert augmented["augment"] == "dsa" and "trained with augmentation" in augmented["reason"]
+    assert resolve_budget(DistillOptions(augment="none"), big, sources_augmented=True)["augment"] == "none"
+
+
+@pytest.mark.parametrize(("recipes", "expected"), [(("crop-flip", "dsa"), "dsa"), (("crop-flip", "none"), "none")])
+def test_large_merge_data_is_augmented_when_every_source_trained_with_augmentation(
+    recipes: tuple[str, str], expected: str
+) -> None:
+    """The merge reads each checkpoint's recorded recipe (no recipe: unknown, not augmented)."""
+    a, b = _ckpt("mlp:16x12", 0), _ckpt("mlp:16x12", 1)
+    assert not a.trained_with_augmentation  # no recorded recipe
+    for ck, aug in zip((a, b), recipes, strict=True):
+        ck.meta["train"] = {"augment": aug}
+    big = _data(n_per_class=260)  # 5,200 images: large merge data
+    r = merge_models(a, b, method="wm", data=big, finetune="kd", finetune_options={"steps": 2}, progress=False)
+    assert r.info["finetune"]["augment"] == expected
 
 
 def test_finisher_requests_fail_before_work() -> None:

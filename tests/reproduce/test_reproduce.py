@@ -90,6 +90,26 @@ def test_joint_train_default_keeps_existing_keys() -> None:
     assert joint.key == expected.key
 
 
+def test_local_workers_never_get_more_threads_than_the_caller(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lone in-process worker used every core's threads even under OMP_NUM_THREADS=1: beside
+    another job that oversubscribed the cores (~7x slower finisher steps)."""
+    import torch
+
+    from permerge.reproduce.executors import LocalExecutor
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert LocalExecutor(workers=1).threads == 1
+        assert LocalExecutor(workers=4).threads == 1
+        torch.set_num_threads(8)
+        assert LocalExecutor(workers=1).threads == 8
+        assert LocalExecutor(workers=4).threads == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_task_key_is_content_addressed() -> None:
     a = Task("train", {"datasets": ["mnist"], "seed": 0})
     assert a.key == Task("train", {"seed": 0, "datasets": ["mnist"]}).key

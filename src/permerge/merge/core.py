@@ -201,7 +201,16 @@ def merge_models(
         teachers, nodes = finisher_teachers(a, b, result, ft_opts, data)
         result.info["finetune"] = {
             "method": finetune,
-            **distill(result.model, teachers, data, ft_opts, device=device, progress=progress, hint_nodes=nodes),
+            **distill(
+                result.model,
+                teachers,
+                data,
+                ft_opts,
+                device=device,
+                progress=progress,
+                hint_nodes=nodes,
+                sources_augmented=a.trained_with_augmentation and b.trained_with_augmentation,
+            ),
         }
         if bn_reset and has_batchnorm(result.model):
             result.model = reset_bn(result.model, data.combined(), device=device)

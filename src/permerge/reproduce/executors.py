@@ -106,8 +106,10 @@ class LocalExecutor:
     """A process pool sized to the cores (``workers=1``: in this process, simplest to debug).
 
     Each worker gets ``cores // workers`` torch threads so the machine is used but not
-    oversubscribed. Processes are spawned, not forked: forking a process that already ran
-    torch's thread pools can deadlock.
+    oversubscribed, never more than this process was given (``OMP_NUM_THREADS`` or
+    ``torch.set_num_threads``): a lone worker beside another job on 2 cores otherwise ran 2
+    threads on one free core, and OpenMP's spin-waits made it ~7x slower. Processes are
+    spawned, not forked: forking a process that already ran torch's thread pools can deadlock.
     """
 
     name = "local"
@@ -117,7 +119,9 @@ class LocalExecutor:
             raise PermergeError("--address only applies to --executor ray")
         cores = os.cpu_count() or 1
         self.workers = max(1, workers or cores)
-        self.threads = max(1, cores // self.workers)
+        import torch
+
+        self.threads = max(1, min(cores // self.workers, torch.get_num_threads()))
         self._pool: ProcessPoolExecutor | None = None
 
     def run(self, tasks: Sequence[Task], ctx: RunContext, on_result: OnResult | None = None) -> list[dict[str, Any]]:
