@@ -30,7 +30,7 @@ from permerge.data import ImageSet, load_dataset
 from permerge.data.mergedata import MergeData
 from permerge.data.spec import balanced_sample, parse_spec
 from permerge.merge import merge_models, reset_bn
-from permerge.merge.core import finisher_teachers
+from permerge.merge.core import finisher_teachers, sources_augmented
 from permerge.merge.distill import DistillOptions, distill
 from permerge.train import evaluate_many, train_val_split
 
@@ -105,7 +105,7 @@ def run_pair(pa: str, pb: str, args: argparse.Namespace, settings: list[dict[str
         student = copy.deepcopy(start)
         t0 = time.perf_counter()
         teachers, nodes = finisher_teachers(a, b, merged, opts, md)  # as merge_models does
-        augmented = a.trained_with_augmentation and b.trained_with_augmentation
+        augmented = sources_augmented(a, b)
         info = distill(student, teachers, md, opts, progress=False, hint_nodes=nodes, sources_augmented=augmented)
         student = reset_bn(student, md.combined())
         ev = evaluate_many(student, vals)

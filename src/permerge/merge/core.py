@@ -209,7 +209,7 @@ def merge_models(
                 device=device,
                 progress=progress,
                 hint_nodes=nodes,
-                sources_augmented=a.trained_with_augmentation and b.trained_with_augmentation,
+                sources_augmented=sources_augmented(a, b),
             ),
         }
         if bn_reset and has_batchnorm(result.model):
@@ -217,6 +217,12 @@ def merge_models(
     result.info["seconds"] = time.perf_counter() - t0
     result.info["size"] = size_vs_source(result.model, a.model, a.config.in_shape)
     return result
+
+
+def sources_augmented(*sources: Checkpoint) -> bool:
+    """Whether every source was trained with augmentation: the finisher's large-data budget
+    then augments too (:func:`permerge.merge.distill.resolve_budget`)."""
+    return all(c.trained_with_augmentation for c in sources)
 
 
 def finisher_teachers(
