@@ -110,6 +110,23 @@ def test_local_workers_never_get_more_threads_than_the_caller(monkeypatch: pytes
         torch.set_num_threads(before)
 
 
+def test_pool_workers_start_with_ctrl_c_ignored() -> None:
+    """A terminal's Ctrl-C reaches the workers too; while still importing they printed a
+    KeyboardInterrupt traceback after the command's "interrupted" (CI, ~1 run in 30). Processes
+    started while the pool submits inherit SIGINT ignored; the command's own handler is back after."""
+    from _procs import default_sigint
+    from permerge.reproduce.executors import _workers_ignore_sigint
+
+    show = [sys.executable, "-c", "import signal; print(signal.getsignal(signal.SIGINT) == signal.SIG_IGN)"]
+    before = signal.getsignal(signal.SIGINT)
+    with _workers_ignore_sigint():
+        inside = subprocess.run(show, capture_output=True, text=True).stdout.strip()
+    # (the command's own Ctrl-C set as a terminal would, even if this suite runs in the background)
+    outside = subprocess.run(show, capture_output=True, text=True, preexec_fn=default_sigint).stdout.strip()
+    assert (inside, outside) == ("True", "False")
+    assert signal.getsignal(signal.SIGINT) is before
+
+
 def test_task_key_is_content_addressed() -> None:
     a = Task("train", {"datasets": ["mnist"], "seed": 0})
     assert a.key == Task("train", {"seed": 0, "datasets": ["mnist"]}).key

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-from collections.abc import Callable, Sequence
+import signal
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any, Protocol
 
@@ -68,9 +71,7 @@ def die_with_parent(parent_pid: int, poll_s: float = 1.0) -> None:
     re-parented) and exits the process. A parent that died before this ran is caught by the
     first check.
     """
-    import signal
     import sys
-    import threading
     import time
 
     if sys.platform.startswith("linux"):
@@ -94,17 +95,32 @@ def die_with_parent(parent_pid: int, poll_s: float = 1.0) -> None:
 
 
 def _init_worker(threads: int, parent_pid: int | None = None) -> None:
-    import signal
-
-    # Ctrl-C in a terminal reaches the whole process group. The command stops its workers
-    # (SIGTERM) at once; a worker of its own raised KeyboardInterrupt and printed a traceback
-    # after "interrupted" whenever it won that race (CI emulation: 1 run in ~30).
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # see _workers_ignore_sigint (a pool started off the main thread)
     if parent_pid is not None:
         die_with_parent(parent_pid)
     import torch
 
     torch.set_num_threads(threads)
+
+
+@contextmanager
+def _workers_ignore_sigint() -> Iterator[None]:
+    """Worker processes started inside this block ignore SIGINT from their first instruction.
+
+    Ctrl-C in a terminal reaches the whole process group. The command stops its workers
+    (SIGTERM) at once; a worker that got the SIGINT itself raised KeyboardInterrupt and printed
+    a traceback after "interrupted" whenever it won that race, even while still importing
+    (CI and a loaded machine: about 1 run in 30). An ignored signal stays ignored across exec,
+    and Python then installs no handler of its own. The pool spawns its workers in ``submit``,
+    so the block wraps the submits; a Ctrl-C to the command within it (milliseconds) is lost."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set in the main thread; _init_worker still ignores it
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
 
 
 @register_executor("local")
@@ -152,9 +168,10 @@ class LocalExecutor:
                 initializer=_init_worker,
                 initargs=(self.threads, os.getpid()),
             )
-        futures: dict[Future[dict[str, Any]], int] = {
-            self._pool.submit(execute, t, ctx): i for i, t in enumerate(tasks)
-        }
+        with _workers_ignore_sigint():
+            futures: dict[Future[dict[str, Any]], int] = {
+                self._pool.submit(execute, t, ctx): i for i, t in enumerate(tasks)
+            }
         pending = set(futures)
         broken = False
         try:
