@@ -112,7 +112,7 @@ def test_local_workers_never_get_more_threads_than_the_caller(monkeypatch: pytes
 
 def test_pool_workers_start_with_ctrl_c_ignored() -> None:
     """A terminal's Ctrl-C reaches the workers too; while still importing they printed a
-    KeyboardInterrupt traceback after the command's "interrupted" (CI, ~1 run in 30). Processes
+    KeyboardInterrupt traceback after the command's "interrupted" (~1 run in 20 on 2 cores). Processes
     started while the pool submits inherit SIGINT ignored; the command's own handler is back after."""
     from _procs import default_sigint
     from permerge.reproduce.executors import _workers_ignore_sigint

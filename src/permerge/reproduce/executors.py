@@ -110,9 +110,10 @@ def _workers_ignore_sigint() -> Iterator[None]:
     Ctrl-C in a terminal reaches the whole process group. The command stops its workers
     (SIGTERM) at once; a worker that got the SIGINT itself raised KeyboardInterrupt and printed
     a traceback after "interrupted" whenever it won that race, even while still importing
-    (CI and a loaded machine: about 1 run in 30). An ignored signal stays ignored across exec,
-    and Python then installs no handler of its own. The pool spawns its workers in ``submit``,
-    so the block wraps the submits; a Ctrl-C to the command within it (milliseconds) is lost."""
+    (about 1 interrupted run in 20 on a 2-core machine, more often under load). An ignored
+    signal stays ignored across exec, and Python then installs no handler of its own. The pool
+    spawns its workers in ``submit``, so the block wraps the submits; a Ctrl-C to the command
+    within it (milliseconds) is lost."""
     if threading.current_thread() is not threading.main_thread():
         yield  # signal handlers can only be set in the main thread; _init_worker still ignores it
         return
@@ -216,7 +217,7 @@ class LocalExecutor:
             # The pool's manager thread holds its queues; their semaphores are unlinked when it
             # lets go of them. Interrupted, the CLI then leaves by os._exit: were the thread still
             # between unlinking a semaphore and telling the resource tracker, the tracker printed
-            # a "leaked semaphore" warning after our last line (CI, 1 run in ~10).
+            # a "leaked semaphore" warning after our last line (seen once in CI, on SIGTERM).
             manager.join(timeout=10)
 
 
