@@ -10,7 +10,9 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
+import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -71,9 +73,6 @@ def die_with_parent(parent_pid: int, poll_s: float = 1.0) -> None:
     re-parented) and exits the process. A parent that died before this ran is caught by the
     first check.
     """
-    import sys
-    import time
-
     if sys.platform.startswith("linux"):
         try:
             import ctypes
