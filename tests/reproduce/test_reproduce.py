@@ -468,6 +468,25 @@ def test_runs_whose_method_now_gets_the_seed_have_new_keys() -> None:
     assert any(t.params["method"] == "ste" and t.params["seed"] == 1 and "seeded" not in t.params for t in merges)
 
 
+def test_a_change_of_the_finishers_defaults_changes_the_keys_of_finisher_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store keys a run by the options it was given; the finisher's unset options mean what
+    its current defaults say. The recipe version is in every finisher run's key, so bumping it
+    (as a change of defaults must) never serves an old run as a new one; other runs keep theirs."""
+    from permerge.merge.distill import RECIPE
+    from permerge.reproduce import plan as plan_module
+
+    cfg = load_experiment(Path(__file__).parents[2] / "benchmarks/configs/mnist-fmnist-beyond.yaml")
+    before = {t.label: t for t in make_plan(cfg).tasks if t.kind == "merge"}
+    assert {t.params.get("finisher_recipe") for t in before.values()} == {RECIPE, None}
+    for t in before.values():
+        assert ("finisher_recipe" in t.params) == ("finetune" in t.params), t.label
+    monkeypatch.setattr(plan_module, "RECIPE", RECIPE + 1)
+    after = {t.label: t for t in make_plan(cfg).tasks if t.kind == "merge"}
+    assert before.keys() == after.keys()
+    for label, t in before.items():
+        assert (t.key != after[label].key) == ("finetune" in t.params), label
+
+
 def test_size_plot_lines_join_widths_of_one_method_and_keep_finishers_apart() -> None:
     from permerge.reproduce.report import size_family
 

@@ -55,6 +55,12 @@ HINT = 10.0
 # Passes over large merge data: with the labels in the loss the student keeps improving past
 # the two passes that soft targets alone needed (validation, RESULTS.md §8).
 FULL_PASSES = 8
+# Version of what the unset options do (the defaults above and in resolve_budget). Bump it with
+# every change of a default: grid stores key a run by the options it was *given*, so without
+# this a store would serve a run made under the old defaults as a run of the new ones (runs
+# planned before it existed carry no version and never match). 2: feature hints on small merge
+# data (RESULTS.md §8e) and augmentation chosen from the sources' recipes on large (§8f).
+RECIPE = 2
 
 
 class DistillOptions(BaseModel):

@@ -81,7 +81,7 @@ class MergeParams(TaskParams):
     """Merge the models of train tasks ``a`` and ``b`` with ``method`` on ``data``."""
 
     kind: ClassVar[str] = "merge"
-    optional: ClassVar[tuple[str, ...]] = ("finetune", "finetune_options", "seeded")
+    optional: ClassVar[tuple[str, ...]] = ("finetune", "finetune_options", "seeded", "finisher_recipe")
     a: str  # train task keys
     b: str
     pair: list[str]  # the two source dataset specs
@@ -98,6 +98,10 @@ class MergeParams(TaskParams):
     # forwarded in one place (wm, pleas, zipit): the marker changes those runs' keys, so a store
     # never mixes their old results with new ones (seed-0 runs keep their keys).
     seeded: bool | None = None
+    # The finisher's default recipe (``merge.distill.RECIPE``) when a finisher runs: unset
+    # finisher options mean what that version's defaults say, so a change of defaults changes
+    # the key instead of reusing a run of the old ones.
+    finisher_recipe: int | None = None
 
 
 PARAMS: dict[str, type[TaskParams]] = {p.kind: p for p in (TrainParams, ReduceParams, EvaluateParams, MergeParams)}

@@ -14,6 +14,7 @@ from typing import Any
 
 from ..data import parse_spec
 from ..merge.core import options_class
+from ..merge.distill import RECIPE
 from ..reduce import available_methods
 from .config import DataKind, ExperimentConfig, MergeEntry
 from .params import EvaluateParams, MergeParams, ReduceParams, TaskParams, TrainParams, reduced_ref
@@ -187,6 +188,7 @@ def _plan_merge(
         finetune=entry.finetune if entry.finetune != "none" else None,
         finetune_options=entry.finetune_options if entry.finetune != "none" else None,
         seeded=True if seed != 0 and _newly_seeded(entry.method) else None,
+        finisher_recipe=RECIPE if entry.finetune != "none" else None,
     )
     label = f"{entry.label} [{dlabel}] {row['pair']} seed {seed}"
     mt = task(params, deps=(ta.key, tb.key, *choice.deps), label=label)
