@@ -302,6 +302,29 @@ def test_feature_hints_pair_each_teachers_units_with_the_merged_models() -> None
     assert as_stored[1] is b.model and no_nodes == ()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_hint_loss_is_the_mean_relative_squared_error_of_each_layer(dtype: torch.dtype) -> None:
+    """Per hint node, mean (s - q)^2 over mean q^2, in fp32 whatever the features' dtype (bf16
+    under autocast); the gradient reaches both the student's and the teacher's features (the
+    disagreement step differentiates through the teachers)."""
+    from permerge.merge.distill import _hint_loss
+
+    g = torch.Generator().manual_seed(0)
+    shapes = [(4, 3, 5, 5), (4, 7)]
+    s = [torch.randn(sh, generator=g).to(dtype).requires_grad_() for sh in shapes]
+    q = [(2 * torch.randn(sh, generator=g)).to(dtype).requires_grad_() for sh in shapes]
+    loss = _hint_loss(s, q)
+    sf, qf = [t.detach().double().requires_grad_() for t in s], [t.detach().double().requires_grad_() for t in q]
+    want = torch.stack([((a - b) ** 2).mean() / ((b**2).mean() + 1e-8) for a, b in zip(sf, qf, strict=True)]).mean()
+    assert loss.dtype == torch.float32 and abs(loss.item() - want.item()) < 1e-5 * want.item()
+    loss.backward()
+    want.backward()
+    for got, ref in zip([*s, *q], [*sf, *qf], strict=True):
+        assert got.grad is not None and ref.grad is not None
+        tol = 1e-5 if dtype == torch.float32 else 1e-2  # the grad is cast back to bf16
+        assert torch.allclose(got.grad.double(), ref.grad, rtol=tol, atol=tol * float(ref.grad.abs().max()))
+
+
 def test_feature_hints_train_the_student_through_its_probe() -> None:
     a, b = _ckpt("mlp:16x12", 0), _ckpt("mlp:16x12", 1)
     opts = {"steps": 30, "hint": 1.0, "augment": "none", "lr": 3e-3}

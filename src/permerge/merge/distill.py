@@ -248,10 +248,11 @@ def _hint_loss(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor])
     """Mean over hint nodes of the squared feature error relative to the teacher's feature
     energy, so layers of any scale weigh alike (FitNets' hints, Romero et al. 2015, on the units
     the alignment already paired)."""
-    terms = [
-        F.mse_loss(s.float(), q.float()) / (q.float().pow(2).mean() + 1e-8)
-        for s, q in zip(student, teacher, strict=True)
-    ]
+    terms = []
+    for s, q in zip(student, teacher, strict=True):
+        qf = q.float()  # one fp32 copy of the teacher's feature (bf16 under autocast), used twice
+        energy = torch.linalg.vector_norm(qf).square() / qf.numel()  # mean of q^2, no q^2 tensor
+        terms.append(F.mse_loss(s.float(), qf) / (energy + 1e-8))
     return torch.stack(terms).mean()
 
 
