@@ -8,6 +8,7 @@ real-data quality is measured in the reproduce grids (docs/RESULTS.md §8).
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import pytest
 import torch
@@ -219,6 +220,31 @@ def test_zipit_stop_layer_zero_keeps_both_models_side_by_side() -> None:
     assert partial.config is not None and partial.config.hidden == (16, 24)
     with pytest.raises(PermergeError, match="stop_layer=5"):
         merge_models(a, b, method="zipit", data=_data(), options={"stop_layer": 5}, progress=False)
+
+
+def test_zipit_partial_zip_of_a_model_with_one_width_multiplier_is_refused_before_the_statistics(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A ResNet's config has one width multiplier: zipping its first groups and keeping the rest
+    at 2x has no config. The widths are known before any statistics, so the error comes first
+    and names the option to change; a full zip of the same model merges."""
+    from permerge.merge import zipit as zipit_module
+
+    a, b = _ckpt("resnet20", 0, (3, 32, 32)), _ckpt("resnet20", 1, (3, 32, 32))
+    data = _data(n_per_class=2, shape=(3, 32, 32))
+    calls: list[int] = []
+    real = zipit_module.joint_correlations
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(zipit_module, "joint_correlations", counted)
+    with pytest.raises(PermergeError, match=r"stop_layer=4: zip every group"):
+        merge_models(a, b, method="zipit", data=data, options={"stop_layer": 4}, progress=False)
+    assert calls == []
+    full = merge_models(a, b, method="zipit", data=data, progress=False)
+    assert full.config == a.config and calls == [1]
 
 
 def test_disagreement_inputs_raise_the_student_teacher_divergence() -> None:

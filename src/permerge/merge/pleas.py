@@ -48,9 +48,12 @@ class PLeaSOptions(BaseModel):
     seed: int = 0
 
 
-def widened_config(cfg: ModelConfig, template: nn.Module, state: dict[str, torch.Tensor]) -> ModelConfig:
+def widened_config(
+    cfg: ModelConfig, template: nn.Module, state: dict[str, torch.Tensor], fix: str = "use --opt width=1"
+) -> ModelConfig:
     """The config whose model has ``state``'s shapes: same as ``cfg`` at width 1; an MLP's
-    hidden widths, or a width multiplier for the other architectures, when wider."""
+    hidden widths, or a width multiplier for the other architectures, when wider. ``fix``: what
+    the error tells the user to change when no config fits."""
     ref = template.state_dict()
     if all(ref[k].shape == state[k].shape for k in ref):
         return cfg
@@ -66,7 +69,7 @@ def widened_config(cfg: ModelConfig, template: nn.Module, state: dict[str, torch
         if all(built[k].shape == state[k].shape for k in built) and set(built) == set(state):
             return c
     raise PermergeError(
-        f"a partial merge of {cfg.describe()} gives layer widths that no {cfg.arch} config expresses; use --opt width=1"
+        f"a partial merge of {cfg.describe()} gives layer widths that no {cfg.arch} config expresses; {fix}"
     )
 
 

@@ -144,17 +144,17 @@ def zipit(
     groups = list(spec.groups)
     if opts.stop_layer is not None and opts.stop_layer > len(groups):
         raise PermergeError(f"zipit stop_layer={opts.stop_layer}, but the model has {len(groups)} groups")
-    zipped = groups if opts.stop_layer is None else groups[: opts.stop_layer]
+    first = groups if opts.stop_layer is None else groups[: opts.stop_layer]
+    zipped = [g for g in first if g in spec.probes]  # a group without probes has no statistics
+    sizes = {g: spec.groups[g].size for g in groups}
+    # the widths are known before any statistics (a zipped group has n units, a kept one 2n):
+    # a model that cannot take them is refused before the work
+    shaped = {g: _paired(n) if g in zipped else _side_by_side(n) for g, n in sizes.items()}
+    fix = f"stop_layer={opts.stop_layer}: zip every group (no stop_layer), or use a model with free layer widths (mlp)"
+    cfg = widened_config(a.config, a.model, merge_state(spec, shaped, a.model.state_dict(), b.model.state_dict()), fix)
     corr = joint_correlations(a, b, spec, data, opts, device)
-    zips = {}
-    for g in groups:
-        n = spec.groups[g].size
-        if g in zipped and g in corr:
-            zips[g] = zip_greedy(corr[g], opts.alpha, opts.beta)
-        else:  # not zipped: both models' units side by side
-            zips[g] = Zip.from_clusters([[i] for i in range(2 * n)], n)
+    zips = {g: zip_greedy(corr[g], opts.alpha, opts.beta) if g in zipped else shaped[g] for g in groups}
     state = merge_state(spec, zips, a.model.state_dict(), b.model.state_dict())
-    cfg = widened_config(a.config, a.model, state)
     model = build_model(cfg)
     model.load_state_dict(state)
     info = {
@@ -165,6 +165,16 @@ def zipit(
     }
     perm = _as_permutation(zips)
     return MergerResult(model=copy.deepcopy(model).to(device).eval(), config=cfg, perm=perm, spec=spec, info=info)
+
+
+def _side_by_side(n: int) -> Zip:
+    """Both models' ``n`` units kept: ``2n`` units, nothing merged."""
+    return Zip.from_clusters([[i] for i in range(2 * n)], n)
+
+
+def _paired(n: int) -> Zip:
+    """Unit i of A merged with unit i of B: the shapes of any full zip of ``n`` units."""
+    return Zip.from_clusters([[i, n + i] for i in range(n)], n)
 
 
 def _within(z: Zip) -> int:
