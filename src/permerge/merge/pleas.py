@@ -48,9 +48,7 @@ class PLeaSOptions(BaseModel):
     seed: int = 0
 
 
-def widened_config(
-    cfg: ModelConfig, template: nn.Module, state: dict[str, torch.Tensor], fix: str = "use --opt width=1"
-) -> ModelConfig:
+def widened_config(cfg: ModelConfig, template: nn.Module, state: dict[str, torch.Tensor], fix: str) -> ModelConfig:
     """The config whose model has ``state``'s shapes: same as ``cfg`` at width 1; an MLP's
     hidden widths, or a width multiplier for the other architectures, when wider. ``fix``: what
     the error tells the user to change when no config fits."""
@@ -180,7 +178,7 @@ def pleas(
         for g, grp in spec.groups.items()
     }
     state = merge_state(spec, zips, state_a, state_b)
-    cfg = widened_config(a.config, a.model, state)
+    cfg = widened_config(a.config, a.model, state, "use --opt width=1")
     model = build_model(cfg)
     model.load_state_dict(state)
     model.to(device).eval()
