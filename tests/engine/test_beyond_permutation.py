@@ -87,6 +87,62 @@ def test_least_squares_refit_brings_hidden_features_closer_to_the_sources() -> N
     assert set(fit.info["merger"]["refit_residual"]) == {"1", "3", "5"}
 
 
+def test_least_squares_refit_of_a_conv_net_at_width_two_keeps_both_models_exactly() -> None:
+    """At width 2 nothing is merged, so every layer's exact solution exists (each source's
+    weights in its own block); a refit of convolutions (patches) and linears that reaches it
+    still outputs the mean of both models' logits on the images it was fitted on."""
+    shape = (1, 12, 12)
+    a, b = _ckpt("cnn", 0, shape), _ckpt("cnn", 1, shape)
+    data = _data(n_per_class=3, shape=shape)
+    opts = {"width": 2.0, "refit": "ls", "augment_copies": 0, "ridge": 1e-10}
+    r = merge_models(a, b, method="pleas", data=data, options=opts, progress=False)
+    x = torch.cat([s.to_input(s.images) for s in data.sources])
+    with torch.no_grad():
+        want = 0.5 * (a.model(x) + b.model(x))
+        assert torch.allclose(r.model(x), want, atol=1e-3)
+    residuals = r.info["merger"]["refit_residual"]
+    assert list(residuals) == ["0", "3", "7", "9", "11"]  # forward order
+    assert max(residuals.values()) < 1e-4  # the convolutions too (the linears could absorb their errors)
+
+
+def test_least_squares_refit_of_a_resnet_at_width_two_is_exact_at_every_layer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Strided, padded and 1x1 shortcut convolutions: with the sources' BatchNorm statistics
+    kept (no re-estimate between layers), every layer of the side-by-side model has an exact
+    solution, so every residual vanishes."""
+    monkeypatch.setattr("permerge.merge.lsq.reset_bn", lambda model, *args, **kw: model)
+    shape = (3, 16, 16)
+    a, b = _ckpt("resnet20", 0, shape), _ckpt("resnet20", 1, shape)
+    opts = {"width": 2.0, "refit": "ls", "augment_copies": 1, "ridge": 1e-10}
+    r = merge_models(a, b, method="pleas", data=_data(n_per_class=4, shape=shape), options=opts, progress=False)
+    residuals = r.info["merger"]["refit_residual"]
+    assert len(residuals) == 22 and max(residuals.values()) < 1e-4
+
+
+def test_least_squares_refit_of_a_resnet_brings_its_output_closer_to_the_sources() -> None:
+    shape = (3, 16, 16)
+    a, b = _ckpt("resnet20", 0, shape), _ckpt("resnet20", 1, shape)
+    data = _data(n_per_class=4, shape=shape)
+    plain = merge_models(a, b, method="pleas", data=data, options={"refit": "none"}, progress=False)
+    fit = merge_models(a, b, method="pleas", data=data, options={"refit": "ls", "augment_copies": 1}, progress=False)
+    x = torch.cat([s.to_input(s.images) for s in data.sources])
+    with torch.no_grad():
+        target = 0.5 * (a.model(x) + b.model(x))
+        err_plain = (plain.model(x) - target).pow(2).mean()
+        err_fit = (fit.model(x) - target).pow(2).mean()
+    assert err_fit < 0.5 * err_plain
+    layers = list(fit.info["merger"]["refit_residual"])
+    assert len(layers) == 22 and layers.index("layers.3.shortcut.0") == layers.index("layers.3.conv2") + 1
+    assert fit.info["merger"]["refit_samples"] == 2 * len(x)  # the images and one copy each
+
+
+def test_least_squares_refit_refuses_layers_it_cannot_express() -> None:
+    from permerge.merge.lsq import ls_refit
+
+    grouped = torch.nn.Sequential(torch.nn.Conv2d(4, 4, 3, groups=2))
+    with pytest.raises(PermergeError, match="grouped"):
+        ls_refit(grouped, grouped, grouped, None, {}, torch.rand(2, 4, 5, 5), 1e-2)  # type: ignore[arg-type]
+
+
 def test_pleas_options_are_checked_before_any_work() -> None:
     a, b = _ckpt("mlp:16x12", 0), _ckpt("mlp:16x12", 1)
     for bad in ({"width": 0.5}, {"width": 2.5}, {"refit": "adam"}):

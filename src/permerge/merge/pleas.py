@@ -11,8 +11,9 @@
    closed form is exact and takes a second. With ten images per class the regression has
    fewer samples than inputs, so the statistics also see DSA-augmented copies of the merge data.
 
-``refit=ls`` needs a model made of Linear layers (the MLPs of the paper's MNIST experiments);
-any model takes ``refit=none`` and the distillation finisher (``--finetune kd``) instead.
+The refit (:mod:`.lsq`) handles Linear and Conv2d layers (a convolution is a linear map on
+image patches), so it runs on MLPs, the CNN and ResNets; ``refit=none`` keeps the partial
+permutation merge as it is (for the distillation finisher, ``--finetune kd``, to start from).
 """
 
 from __future__ import annotations
@@ -32,9 +33,15 @@ from ..checkpoint import Checkpoint
 from ..data.mergedata import MergeData
 from ..errors import PermergeError
 from ..models import ModelConfig, build_model
-from ..permutation.spec import PermutationSpec, apply_permutation
+from ..permutation.spec import apply_permutation
+from .lsq import ls_refit
 from .methods import MergerResult, merger_spec, register_merger
-from .partial import Zip, merge_state, pair_zip
+from .partial import merge_state, pair_zip
+
+# Refit images at most (merge images plus augmented copies): a Linear layer gets a row per
+# image, a convolution one per output position, hundreds per image, so conv nets need fewer.
+MAX_SAMPLES = 20_000
+CONV_MAX_SAMPLES = 2_000
 
 
 class PLeaSOptions(BaseModel):
@@ -44,7 +51,12 @@ class PLeaSOptions(BaseModel):
     refit: Literal["ls", "none"] = Field("ls", description="ls: layer-wise least squares on merge data")
     ridge: float = Field(1e-2, gt=0, description="ridge strength, relative to the mean feature energy")
     augment_copies: int = Field(20, ge=0, description="DSA-augmented copies of the merge data for the refit")
-    max_samples: int = Field(20_000, ge=10, description="at most this many refit samples")
+    max_samples: int | None = Field(
+        None,
+        ge=10,
+        description="at most this many refit images (default: 20,000; 2,000 for conv nets, whose "
+        "images give a row per output position)",
+    )
     seed: int = 0
 
 
@@ -110,51 +122,6 @@ def _sampled_refit_inputs(
     return torch.cat(xs)
 
 
-def _io(model: nn.Module, name: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Input and output of submodule ``name`` when ``model`` runs on ``x``."""
-    seen: dict[str, torch.Tensor] = {}
-    mod = model.get_submodule(name)
-    h = mod.register_forward_hook(lambda m, i, o: seen.update(inp=i[0], out=o))
-    try:
-        model(x)
-    finally:
-        h.remove()
-    return seen["inp"], seen["out"]
-
-
-@torch.no_grad()
-def ls_refit(
-    merged: nn.Module,
-    a: nn.Module,
-    b_aligned: nn.Module,
-    spec: PermutationSpec,
-    zips: dict[str, Zip],
-    x: torch.Tensor,
-    ridge: float,
-) -> dict[str, float]:
-    """Refit every Linear layer of ``merged`` in order; return each layer's relative residual."""
-    if any(isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d) for m in merged.modules()):
-        raise PermergeError("pleas refit=ls supports models made of Linear layers; use --opt refit=none --finetune kd")
-    residuals = {}
-    for name, mod in merged.named_modules():
-        if not isinstance(mod, nn.Linear):
-            continue
-        _, za = _io(a, name, x)
-        _, zb = _io(b_aligned, name, x)
-        group = next((grp for ax, grp, _ in spec.by_param.get(f"{name}.weight", ()) if ax == 0), None)
-        target = 0.5 * (za + zb) if group is None else torch.cat([za, zb], dim=1) @ zips[group].merge.T.to(za)
-        h, _ = _io(merged, name, x)
-        h1 = torch.cat([h, torch.ones(len(h), 1, dtype=h.dtype, device=h.device)], dim=1).double()
-        gram = h1.T @ h1
-        gram += torch.eye(len(gram), dtype=gram.dtype, device=gram.device) * ridge * gram.diagonal().mean()
-        sol = torch.linalg.solve(gram, h1.T @ target.double())  # (in + 1, out)
-        mod.weight.copy_(sol[:-1].T.to(mod.weight.dtype))
-        if mod.bias is not None:
-            mod.bias.copy_(sol[-1].to(mod.bias.dtype))
-        residuals[name] = float((h1 @ sol - target.double()).norm() / target.double().norm().clamp_min(1e-12))
-    return residuals
-
-
 @register_merger(
     "pleas", PLeaSOptions, needs_data=True, summary="partial permutation with a width budget + least-squares refit"
 )
@@ -188,11 +155,15 @@ def pleas(
     }
     if opts.refit == "ls":
         g = torch.Generator().manual_seed(opts.seed)
-        x = _refit_inputs(data, opts.augment_copies, opts.max_samples, g, device)
+        convs = any(isinstance(m, nn.Conv2d) for m in model.modules())
+        cap = opts.max_samples or (CONV_MAX_SAMPLES if convs else MAX_SAMPLES)
+        x = _refit_inputs(data, opts.augment_copies, cap, g, device)
         b_aligned = build_model(a.config)
         b_aligned.load_state_dict(state_b)
         a_model = copy.deepcopy(a.model).to(device).eval()
-        info["refit_residual"] = ls_refit(model, a_model, b_aligned.to(device).eval(), spec, zips, x, opts.ridge)
+        info["refit_residual"] = ls_refit(
+            model, a_model, b_aligned.to(device).eval(), spec, zips, x, opts.ridge, bn_data=data.combined()
+        )
         info["refit_samples"] = len(x)
     info["seconds"] = time.perf_counter() - t0
     return MergerResult(model=model.eval(), config=cfg, perm=perm, spec=spec, info=info)
