@@ -135,6 +135,24 @@ def test_least_squares_refit_of_a_resnet_brings_its_output_closer_to_the_sources
     assert fit.info["merger"]["refit_samples"] == 2 * len(x)  # the images and one copy each
 
 
+def test_least_squares_refit_on_sampled_patch_positions_matches_all_positions() -> None:
+    """Each image gives every conv layer at most ``positions`` patch rows; neighbouring patches
+    say nearly the same thing, so 4 of the 784 first-layer positions fit as well as all."""
+    shape = (1, 28, 28)
+    a, b = _ckpt("cnn", 0, shape), _ckpt("cnn", 1, shape)
+    data = _data(n_per_class=4, shape=shape)
+    x = torch.cat([s.to_input(s.images) for s in data.sources])
+    with torch.no_grad():
+        target = 0.5 * (a.model(x) + b.model(x))
+    errors = {}
+    for name, opts in {"none": {"refit": "none"}, "all": {"positions": 10**6}, "few": {"positions": 4}}.items():
+        r = merge_models(a, b, method="pleas", data=data, options={"augment_copies": 1, **opts}, progress=False)
+        with torch.no_grad():
+            errors[name] = float((r.model(x) - target).pow(2).mean())
+    assert errors["all"] < 0.2 * errors["none"]
+    assert abs(errors["few"] - errors["all"]) < 0.05 * errors["all"]
+
+
 def test_least_squares_refit_refuses_layers_it_cannot_express() -> None:
     from permerge.merge.lsq import ls_refit
 

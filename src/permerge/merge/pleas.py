@@ -34,7 +34,7 @@ from ..data.mergedata import MergeData
 from ..errors import PermergeError
 from ..models import ModelConfig, build_model
 from ..permutation.spec import apply_permutation
-from .lsq import ls_refit
+from .lsq import POSITIONS, ls_refit
 from .methods import MergerResult, merger_spec, register_merger
 from .partial import merge_state, pair_zip
 
@@ -56,6 +56,12 @@ class PLeaSOptions(BaseModel):
         ge=10,
         description="at most this many refit images (default: 20,000; 2,000 for conv nets, whose "
         "images give a row per output position)",
+    )
+    positions: int = Field(
+        POSITIONS,
+        ge=1,
+        description="refit rows per image and layer at most: a convolution's output positions (or a "
+        "Linear layer's tokens) are sampled down to this many",
     )
     seed: int = 0
 
@@ -162,7 +168,16 @@ def pleas(
         b_aligned.load_state_dict(state_b)
         a_model = copy.deepcopy(a.model).to(device).eval()
         info["refit_residual"] = ls_refit(
-            model, a_model, b_aligned.to(device).eval(), spec, zips, x, opts.ridge, bn_data=data.combined()
+            model,
+            a_model,
+            b_aligned.to(device).eval(),
+            spec,
+            zips,
+            x,
+            opts.ridge,
+            bn_data=data.combined(),
+            positions=opts.positions,
+            seed=opts.seed,
         )
         info["refit_samples"] = len(x)
     info["seconds"] = time.perf_counter() - t0
