@@ -34,6 +34,7 @@ from torch import nn
 from ..data.imageset import ImageSet
 from ..errors import PermergeError
 from ..permutation.spec import PermutationSpec
+from ..progress import progress_bar
 from .bn import has_batchnorm, reset_bn
 from .partial import Zip
 
@@ -220,11 +221,12 @@ def ls_refit(
     bn_data: ImageSet | None = None,
     positions: int = POSITIONS,
     seed: int = 0,
+    progress: bool = False,
 ) -> dict[str, float]:
     """Refit every Linear and Conv2d layer of ``merged`` in forward order (in place); return
     each layer's relative residual. ``bn_data``: the merge images BatchNorm statistics are
     re-estimated on after each layer (models with BatchNorm only). ``positions``: patch rows
-    (tokens) per image and layer at most."""
+    (tokens) per image and layer at most; ``progress``: a bar over the layers."""
     _check(merged)
     bn = has_batchnorm(merged) and bn_data is not None
     order = layer_order(merged, x[:2])
@@ -234,10 +236,12 @@ def ls_refit(
         merges[name] = None if group is None else zips[group].merge
     targets, picks = _targets(a, b_aligned, merges, x, positions, torch.Generator().manual_seed(seed))
     residuals = {}
-    for name in order:
-        residuals[name] = _fit_layer(name, merged, x, targets.pop(name), picks.pop(name), ridge)
-        if bn:
-            assert bn_data is not None
-            reset_bn(merged, bn_data, device=x.device)
-            merged.eval()
+    with progress_bar(len(order), "pleas refit", enabled=progress) as bar:
+        for name in order:
+            residuals[name] = _fit_layer(name, merged, x, targets.pop(name), picks.pop(name), ridge)
+            if bn:
+                assert bn_data is not None
+                reset_bn(merged, bn_data, device=x.device)
+                merged.eval()
+            bar.advance(residual=residuals[name])
     return residuals

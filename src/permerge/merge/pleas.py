@@ -178,6 +178,7 @@ def pleas(
             bn_data=data.combined(),
             positions=opts.positions,
             seed=opts.seed,
+            progress=progress,
         )
         info["refit_samples"] = len(x)
     info["seconds"] = time.perf_counter() - t0
