@@ -9,7 +9,9 @@ models and images (no ``../shared/data``). What each method must do:
   rebuilt from its config; ``ipc`` images per class in [0, 1]);
 * the same seed gives the same result, and ``merge_models(seed=s)`` is the same as the
   method's own ``seed`` option (seeds are forwarded in one place);
-* an alignment of a model with itself is the identity, so the merge is the model itself.
+* an alignment of a model with itself is the identity, so the merge is the model itself;
+* every method runs on every architecture family (convolutions, residual streams with
+  BatchNorm, attention), or refuses it with a ``PermergeError``: never a raw exception.
 
 Slow settings (steps, iterations, epochs) are shrunk by option *name*, so a new method needs
 no entry here; name its budget options like the existing ones.
@@ -29,7 +31,7 @@ from permerge.data.imageset import ImageSet
 from permerge.data.mergedata import MergeData
 from permerge.errors import PermergeError
 from permerge.merge import merge_models
-from permerge.merge.core import align
+from permerge.merge.core import align, methods, options_class
 from permerge.merge.methods import mergers
 from permerge.models import build_model, model_config_for
 from permerge.reduce import available_methods, reduce_dataset
@@ -195,3 +197,34 @@ def test_a_reduction_gives_ipc_images_per_class_deterministically(name: str) -> 
 def test_a_reduction_refuses_an_unknown_option_by_name(name: str) -> None:
     with pytest.raises(PermergeError, match=f"method {name!r} has no option"):
         reduce_dataset(_images(8, 3, 2, "toy"), name, 1, progress=False, no_such_option=1)
+
+
+# one tiny model of each family the spec derivation handles differently (VGG is a larger CNN)
+ARCH_SHAPES = {"cnn": (1, 28, 28), "resnet20": (3, 16, 16), "vit:tiny-d1": (1, 28, 28)}
+
+
+@pytest.mark.parametrize("arch", sorted(ARCH_SHAPES))
+@pytest.mark.parametrize("name", methods())
+def test_every_method_runs_on_every_architecture_or_refuses_it_cleanly(name: str, arch: str) -> None:
+    """PLeaS' refit once crashed on a ViT's q/k/v projection with a shape error; a method
+    meeting an architecture it cannot handle must say so (``PermergeError``), not crash."""
+    shape = ARCH_SHAPES[arch]
+    pair = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        cfg = model_config_for(arch, shape)
+        pair.append(Checkpoint(model=build_model(cfg).eval(), config=cfg, meta={"dataset": f"synthetic-{seed}"}))
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(10).repeat_interleave(2)
+    data = MergeData(
+        tuple(ImageSet(torch.rand(20, *shape, generator=g), labels, name=f"src{i}", num_classes=10) for i in (0, 1))
+    )
+    opts = options_class(name)
+    try:
+        r = merge_models(*pair, method=name, data=data, options=fast_options(opts) if opts else {}, progress=False)
+    except PermergeError as e:
+        assert "\n" not in str(e)
+        return
+    with torch.no_grad():
+        out = r.model(torch.rand(2, *shape))
+    assert out.shape == (2, 10) and torch.isfinite(out).all()

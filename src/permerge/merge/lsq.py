@@ -26,6 +26,7 @@ Anything the regression cannot express (grouped convolutions, string or non-zero
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -143,18 +144,31 @@ def _outputs(model: nn.Module, names: list[str], x: torch.Tensor) -> dict[str, t
     return seen
 
 
-def _merge_rows(ra: torch.Tensor, rb: torch.Tensor, merge: torch.Tensor | None) -> torch.Tensor:
-    """The sources' output rows merged as the layer's output units were: ``M [z_A; z_B]``,
-    their mean where the output has no permutation group."""
+class _OutMerge(NamedTuple):
+    """How a layer's output units were merged: ``matrix`` (merged units x 2 n) on an axis laid
+    out as (``outer``, n units, ``block``), e.g. a q/k/v projection repeats its units 3 x heads."""
+
+    matrix: torch.Tensor
+    outer: int = 1
+    block: int = 1
+
+
+def _merge_rows(ra: torch.Tensor, rb: torch.Tensor, merge: _OutMerge | None) -> torch.Tensor:
+    """The sources' output rows merged as the layer's output units were: ``M [z_A; z_B]`` on
+    every (outer, block) slot, their mean where the output has no permutation group."""
     if merge is None:
         return 0.5 * (ra + rb)
-    return torch.cat([ra, rb], dim=1) @ merge.T.to(ra)
+    r = len(ra)
+    both = torch.cat(
+        [ra.reshape(r, merge.outer, -1, merge.block), rb.reshape(r, merge.outer, -1, merge.block)], dim=2
+    )
+    return torch.einsum("mk,rokb->romb", merge.matrix.to(ra), both).reshape(r, -1)
 
 
 def _targets(
     a: nn.Module,
     b: nn.Module,
-    merges: dict[str, torch.Tensor | None],
+    merges: dict[str, _OutMerge | None],
     x: torch.Tensor,
     positions: int,
     g: torch.Generator,
@@ -230,10 +244,11 @@ def ls_refit(
     _check(merged)
     bn = has_batchnorm(merged) and bn_data is not None
     order = layer_order(merged, x[:2])
-    merges = {}
+    merges: dict[str, _OutMerge | None] = {}
     for name in order:
-        group = next((grp for ax, grp, _ in spec.by_param.get(f"{name}.weight", ()) if ax == 0), None)
-        merges[name] = None if group is None else zips[group].merge
+        param = f"{name}.weight"
+        out = next(((grp, block) for ax, grp, block in spec.by_param.get(param, ()) if ax == 0), None)
+        merges[name] = None if out is None else _OutMerge(zips[out[0]].merge, spec.outer.get((param, 0), 1), out[1])
     targets, picks = _targets(a, b_aligned, merges, x, positions, torch.Generator().manual_seed(seed))
     residuals = {}
     with progress_bar(len(order), "pleas refit", enabled=progress) as bar:
