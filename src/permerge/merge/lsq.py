@@ -159,9 +159,7 @@ def _merge_rows(ra: torch.Tensor, rb: torch.Tensor, merge: _OutMerge | None) -> 
     if merge is None:
         return 0.5 * (ra + rb)
     r = len(ra)
-    both = torch.cat(
-        [ra.reshape(r, merge.outer, -1, merge.block), rb.reshape(r, merge.outer, -1, merge.block)], dim=2
-    )
+    both = torch.cat([ra.reshape(r, merge.outer, -1, merge.block), rb.reshape(r, merge.outer, -1, merge.block)], dim=2)
     return torch.einsum("mk,rokb->romb", merge.matrix.to(ra), both).reshape(r, -1)
 
 
