@@ -69,16 +69,16 @@ def fast_options(options: type[BaseModel]) -> dict[str, Any]:
     return {k: v for k, v in FAST.items() if k in options.model_fields}
 
 
-def _ckpt(seed: int) -> Checkpoint:
-    cfg = model_config_for(ARCH, SHAPE)
+def _ckpt(seed: int, arch: str = ARCH, shape: tuple[int, int, int] = SHAPE) -> Checkpoint:
+    cfg = model_config_for(arch, shape)
     torch.manual_seed(seed)
     return Checkpoint(model=build_model(cfg).eval(), config=cfg, meta={"dataset": f"synthetic-{seed}"})
 
 
-def _images(n_per_class: int, classes: int, seed: int, name: str) -> ImageSet:
+def _images(n_per_class: int, classes: int, seed: int, name: str, shape: tuple[int, int, int] = SHAPE) -> ImageSet:
     g = torch.Generator().manual_seed(seed)
     labels = torch.arange(classes).repeat_interleave(n_per_class)
-    return ImageSet(torch.rand(len(labels), *SHAPE, generator=g), labels, name=name, num_classes=10)
+    return ImageSet(torch.rand(len(labels), *shape, generator=g), labels, name=name, num_classes=10)
 
 
 def _data() -> MergeData:
@@ -209,16 +209,8 @@ def test_every_method_runs_on_every_architecture_or_refuses_it_cleanly(name: str
     """PLeaS' refit once crashed on a ViT's q/k/v projection with a shape error; a method
     meeting an architecture it cannot handle must say so (``PermergeError``), not crash."""
     shape = ARCH_SHAPES[arch]
-    pair = []
-    for seed in (0, 1):
-        torch.manual_seed(seed)
-        cfg = model_config_for(arch, shape)
-        pair.append(Checkpoint(model=build_model(cfg).eval(), config=cfg, meta={"dataset": f"synthetic-{seed}"}))
-    g = torch.Generator().manual_seed(0)
-    labels = torch.arange(10).repeat_interleave(2)
-    data = MergeData(
-        tuple(ImageSet(torch.rand(20, *shape, generator=g), labels, name=f"src{i}", num_classes=10) for i in (0, 1))
-    )
+    pair = [_ckpt(seed, arch, shape) for seed in (0, 1)]
+    data = MergeData(tuple(_images(2, 10, seed, f"src{seed}", shape) for seed in (0, 1)))
     opts = options_class(name)
     try:
         r = merge_models(*pair, method=name, data=data, options=fast_options(opts) if opts else {}, progress=False)
