@@ -316,7 +316,10 @@ def _print_merge(r: dict[str, Any], name: str, out: Path | None) -> None:
         )
     console.print(scores_table(f"{name} merge at lam={r['lam']:.2f}", {name: r["scores"]}))
     size = r["info"]["size"]
-    console.print(f"size {size['params']:,} parameters ({size['relative']:.2f}x a source), {size['macs']:,} MACs/image")
+    console.print(
+        f"size {size['params']:,} parameters ({size['relative']:.2f}x a source), {size['macs']:,} MACs/image"
+        + (f": {size['model']}" if "model" in size else "")
+    )
     align_info = r["info"].get("align", {})
     console.print(
         f"time {r['info']['seconds']:.1f}s"

@@ -184,8 +184,8 @@ def test_least_squares_refit_refuses_layers_it_cannot_express() -> None:
 
 def test_pleas_options_are_checked_before_any_work() -> None:
     a, b = _ckpt("mlp:16x12", 0), _ckpt("mlp:16x12", 1)
-    for bad in ({"width": 0.5}, {"width": 2.5}, {"refit": "adam"}):
-        with pytest.raises(PermergeError, match="invalid option"):
+    for bad in ({"width": 0.5}, {"width": 2.5}, {"refit": "adam"}, {"params": 0.9}, {"width": 1.5, "params": 1.5}):
+        with pytest.raises(PermergeError, match="invalid option|not both"):
             merge_models(a, b, method="pleas", data=_data(), options=bad, progress=False)
     with pytest.raises(PermergeError, match="needs merge data"):
         merge_models(a, b, method="pleas", progress=False)
@@ -317,29 +317,79 @@ def test_zipit_stop_layer_zero_keeps_both_models_side_by_side() -> None:
         merge_models(a, b, method="zipit", data=_data(), options={"stop_layer": 5}, progress=False)
 
 
-def test_zipit_partial_zip_of_a_model_with_one_width_multiplier_is_refused_before_the_statistics(
+def test_zipit_partial_zip_of_a_resnet_is_saved_with_per_layer_channels(tmp_path: Any) -> None:
+    """Zipping a ResNet's first groups and keeping the rest of both models gives layers of
+    different widths: the config names each layer's channels, the model saves and loads, and
+    with nothing zipped (and the sources' BatchNorm statistics kept) it is both models side
+    by side, the mean of their logits."""
+    from permerge.checkpoint import load_checkpoint, save_checkpoint
+
+    shape = (3, 16, 16)
+    a, b = _ckpt("resnet20", 0, shape), _ckpt("resnet20", 1, shape)
+    data = _data(n_per_class=2, shape=shape)
+    r = merge_models(a, b, method="zipit", data=data, options={"stop_layer": 4}, progress=False)
+    assert r.config is not None and r.config.channels == (16, 64, 128, 16, 16, 16, 64, 64, 64, 128, 128, 128)
+    save_checkpoint(tmp_path / "m", r.model, r.config)
+    back = load_checkpoint(tmp_path / "m")
+    x = torch.rand(3, *shape)
+    with torch.no_grad():
+        assert torch.equal(back.model.eval()(x), r.model(x))
+    none = merge_models(a, b, method="zipit", data=data, options={"stop_layer": 0}, bn_reset=False, progress=False)
+    with torch.no_grad():
+        assert torch.allclose(none.model(x), 0.5 * (a.model(x) + b.model(x)), atol=1e-5)
+
+
+def test_zipit_partial_zip_of_a_model_without_per_layer_widths_is_refused_before_the_statistics(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A ResNet's config has one width multiplier: zipping its first groups and keeping the rest
-    at 2x has no config. The widths are known before any statistics, so the error comes first
-    and names the option to change; a full zip of the same model merges."""
+    """A ViT has no config for blocks of different widths: the widths are known before any
+    statistics, so the error comes first and names the option to change."""
     from permerge.merge import zipit as zipit_module
 
-    a, b = _ckpt("resnet20", 0, (3, 32, 32)), _ckpt("resnet20", 1, (3, 32, 32))
-    data = _data(n_per_class=2, shape=(3, 32, 32))
+    shape = (1, 28, 28)
+    a, b = _ckpt("vit:tiny-d1", 0, shape), _ckpt("vit:tiny-d1", 1, shape)
     calls: list[int] = []
-    real = zipit_module.joint_correlations
-
-    def counted(*args: Any, **kwargs: Any) -> Any:
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(zipit_module, "joint_correlations", counted)
-    with pytest.raises(PermergeError, match=r"stop_layer=4: zip every group"):
-        merge_models(a, b, method="zipit", data=data, options={"stop_layer": 4}, progress=False)
+    monkeypatch.setattr(zipit_module, "joint_correlations", lambda *args, **kw: calls.append(1))
+    with pytest.raises(PermergeError, match=r"stop_layer=1: zip every group"):
+        merge_models(a, b, method="zipit", data=_data(n_per_class=2, shape=shape), options={"stop_layer": 1})
     assert calls == []
-    full = merge_models(a, b, method="zipit", data=data, progress=False)
-    assert full.config == a.config and calls == [1]
+
+
+@pytest.mark.parametrize(("arch", "shape"), [("mlp:16x12", (1, 8, 8)), ("cnn", (1, 12, 12)), ("resnet20", (3, 8, 8))])
+def test_pleas_parameter_budget_chooses_per_layer_widths_within_it(arch: str, shape: tuple[int, int, int]) -> None:
+    a, b = _ckpt(arch, 0, shape), _ckpt(arch, 1, shape)
+    data = _data(n_per_class=2, shape=shape)
+    r = merge_models(a, b, method="pleas", data=data, options={"params": 1.5, "refit": "none"}, progress=False)
+    ratio = model_size(r.model, shape)["params"] / model_size(a.model, shape)["params"]
+    assert 1.4 < ratio <= 1.5
+    widths = set(r.info["merger"]["widths"].values())
+    assert r.config is not None and r.config != a.config and len(widths) > 1
+    assert merge_models(a, b, method="pleas", data=data, options={"params": 1.0, "refit": "none"}).config == a.config
+
+
+def test_parameter_budget_keeps_the_worst_matched_pairs_apart_first() -> None:
+    """Two hidden layers of the same cost: the budget goes to the pairs that match worst,
+    wherever they are; a budget of 1 keeps nothing apart and one past 2x widths keeps all."""
+    from permerge.merge.partial import allocate_kept
+    from permerge.permutation.fx import derive_spec
+
+    a = _ckpt("mlp:16x16", 0)
+    spec = derive_spec(a.model, torch.zeros(1, 1, 8, 8))
+    first, second = list(spec.groups)
+    scores = {first: torch.full((16,), 0.9), second: torch.linspace(-0.5, 0.95, 16)}
+    numel = {n: p.numel() for n, p in a.model.named_parameters()}
+    kept = allocate_kept(spec, scores, numel, 1.1)
+    assert kept[first] == 0 and 0 < kept[second] < 16
+    assert allocate_kept(spec, scores, numel, 1.0) == {first: 0, second: 0}
+    assert allocate_kept(spec, scores, numel, 4.0) == {first: 16, second: 16}
+
+
+def test_pleas_wider_than_a_source_is_refused_before_work_where_layers_cannot_widen() -> None:
+    shape = (1, 28, 28)
+    a, b = _ckpt("vit:tiny-d1", 0, shape), _ckpt("vit:tiny-d1", 1, shape)
+    for opts in ({"width": 1.5}, {"params": 1.5}):
+        with pytest.raises(PermergeError, match="pleas wider than a source needs layers that can be widened"):
+            merge_models(a, b, method="pleas", data=_data(n_per_class=1, shape=shape), options=opts)
 
 
 def test_disagreement_inputs_raise_the_student_teacher_divergence() -> None:

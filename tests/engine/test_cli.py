@@ -195,8 +195,12 @@ def test_wider_pleas_merge_saves_loads_and_evaluates(
     )
     assert r["info"]["size"]["relative"] == pytest.approx(1.5, abs=0.05)
     assert json.loads((out / "model.json").read_text())["config"]["hidden"] == [48]
+    assert r["info"]["size"]["model"].startswith("mlp ") and "-48-" in r["info"]["size"]["model"]
     e = json.loads(run("eval", str(out), "--json", data_root=data_root).stdout)
     assert e["mean_acc"] == pytest.approx(r["scores"]["mean_acc"])
+    budget = ["--opt", "params=1.2", "--out", str(tmp_path / "budget")]
+    p = run("merge", str(a), str(b), "--method", "pleas", *data, *budget, data_root=data_root)
+    assert re.search(r"\(1\.(1\d|20)x a source\), [\d,]+ MACs/image: mlp 784-\d+-10", p.stdout), p.stdout  # its widths
 
 
 def test_merge_with_distillation_finisher_prints_its_budget(two_models: tuple[Path, Path], data_root: Path) -> None:

@@ -8,6 +8,8 @@ from torch import nn
 
 from permerge.errors import ModelError
 from permerge.models import ModelConfig, available, build_model, model_config_for
+from permerge.models.config import CHANNEL_SLOTS
+from permerge.models.registry import channels_of
 
 ARCHS = ["mlp", "cnn", "vgg11", "vgg16", "resnet20", "vit", "code"]
 
@@ -91,6 +93,10 @@ def test_num_classes():
         ("mlp", {"dropout": 0.5}, "invalid model config"),
         ("vit:huge", {}, "bad ViT spec huge"),
         ("vit:p0", {}, "invalid model config"),
+        ("cnn", {"channels": (8, 8, 8)}, "cnn takes 4 channel counts, got 3"),
+        ("mlp", {"channels": (8,)}, "per-layer channels are for"),
+        ("cnn:2", {"channels": (8, 8, 8, 8)}, "either a width multiplier or per-layer channels"),
+        ("cnn", {"channels": (8, 0, 8, 8)}, "channel counts must be in"),
     ],
 )
 def test_bad_configs(arch, kwargs, needle):
@@ -130,3 +136,30 @@ def test_code_arch_needs_a_factory_name():
         model_config_for("code", (1, 28, 28))
     with pytest.raises(Exception, match="go together"):
         ModelConfig(arch="code")
+
+
+@pytest.mark.parametrize("arch", sorted(CHANNEL_SLOTS))
+def test_per_layer_channels_build_and_are_read_back_from_the_weights(arch):
+    """Every architecture with per-layer channels (a merge wider in some layers than others is
+    saved with them): the counts it declares are the ones its builder uses, in the order its
+    registered parameters show them, and a config with arbitrary counts rebuilds exactly."""
+    shape = (3, 32, 32)
+    plain = model_config_for(arch, shape)
+    base = channels_of(plain, build_model(plain).state_dict())
+    assert base is not None and len(base.channels) == CHANNEL_SLOTS[arch]
+    assert build_model(base).state_dict().keys() == build_model(plain).state_dict().keys()
+    odd = tuple(3 + 2 * i for i in range(CHANNEL_SLOTS[arch]))  # all different, so no two slots mix
+    cfg = model_config_for(arch, shape, channels=odd)
+    model = build_model(cfg)
+    assert channels_of(cfg, model.state_dict()) == cfg
+    assert model(torch.rand(2, *shape)).shape == (2, 10)
+    assert ModelConfig.model_validate(cfg.model_dump(mode="json")) == cfg
+    assert "channels 3-5-7" in cfg.describe()
+
+
+def test_every_architecture_with_per_layer_channels_registers_its_parameters():
+    from permerge.models.registry import CHANNEL_PARAMS
+
+    available()  # imports every architecture
+    assert set(CHANNEL_PARAMS.names()) == set(CHANNEL_SLOTS)
+    assert channels_of(model_config_for("mlp", (1, 28, 28)), {}) is None

@@ -216,6 +216,8 @@ def merge_models(
             result.model = reset_bn(result.model, data.combined(), device=device)
     result.info["seconds"] = time.perf_counter() - t0
     result.info["size"] = size_vs_source(result.model, a.model, a.config.in_shape)
+    if result.config is not None and result.config != a.config:  # wider than a source: say how
+        result.info["size"]["model"] = result.config.describe()
     return result
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ..permutation.spec import PermutationSpec
@@ -60,14 +61,18 @@ class Zip:
         return cls(merge=(unmerge / unmerge.sum(0, keepdim=True)).T.contiguous(), unmerge=unmerge)
 
 
-def pair_zip(scores: torch.Tensor, width: float) -> Zip:
-    """PLeaS's partial merge of an aligned group: merge the ``round((2 - width) n)`` pairs
-    ``(A_i, B_i)`` with the highest match score, keep every other unit of both models."""
+def pair_zip(scores: torch.Tensor, width: float | None = None, kept: int | None = None) -> Zip:
+    """PLeaS's partial merge of an aligned group: keep ``kept`` pairs ``(A_i, B_i)`` apart
+    (default ``round((width - 1) n)``), those with the lowest match score, and merge the rest."""
     n = len(scores)
-    m = max(0, min(n, round((2.0 - width) * n)))
+    if kept is None:
+        assert width is not None
+        m = max(0, min(n, round((2.0 - width) * n)))
+    else:
+        m = n - max(0, min(n, kept))
     order = torch.argsort(scores, descending=True, stable=True)
-    merged, kept = order[:m].sort().values.tolist(), order[m:].sort().values.tolist()
-    clusters = [[i, n + i] for i in merged] + [[i] for i in kept] + [[n + i] for i in kept]
+    merged, apart = order[:m].sort().values.tolist(), order[m:].sort().values.tolist()
+    clusters = [[i, n + i] for i in merged] + [[i] for i in apart] + [[n + i] for i in apart]
     return Zip.from_clusters(clusters, n)
 
 
@@ -103,3 +108,47 @@ def merge_state(
             total = total + coef * t
         out[name] = total.contiguous()
     return out
+
+
+def allocate_kept(
+    spec: PermutationSpec, scores: dict[str, torch.Tensor], numel: dict[str, int], budget: float
+) -> dict[str, int]:
+    """How many pairs of each group to keep apart so that the merged model has at most
+    ``budget`` times a source's parameters (``numel``: each parameter's size in a source).
+
+    Greedy, one pair at a time: among the groups whose next pair still fits, keep apart the
+    pair that buys the most mismatch per parameter, ``(1 - score) / extra parameters``. A
+    group's extra cost depends on how wide its neighbours already are (a kept unit adds a row
+    to the layers that produce it and a column to those that read it), so it is recomputed
+    after every pick. PLeaS chooses one ratio per layer from a FLOP budget with a quadratic
+    program; scoring single pairs lets the badly matched units of any layer go first."""
+    groups = list(spec.groups)
+    sizes = np.array([spec.groups[g].size for g in groups], dtype=np.float64)
+    names = [n for n in numel if n in spec.by_param]
+    # exponent[p, g]: how many axes of parameter p the group g spans
+    exponent = np.zeros((len(names), len(groups)))
+    for i, name in enumerate(names):
+        for _, group, _ in spec.by_param[name]:
+            exponent[i, groups.index(group)] += 1
+    fixed = sum(v for k, v in numel.items() if k not in spec.by_param)
+    sizes_p = np.array([numel[n] for n in names], dtype=np.float64)
+    limit = budget * (fixed + sizes_p.sum())
+    worst_first = [torch.sort(scores[g].double().cpu()).values.numpy() for g in groups]
+    kept = np.zeros(len(groups))
+
+    def total(k: np.ndarray) -> np.ndarray:  # parameters for each row of k (rows: candidates)
+        return fixed + np.exp(np.log1p(k / sizes) @ exponent.T) @ sizes_p
+
+    now = total(kept[None])[0]
+    while True:
+        trial = kept[None] + np.eye(len(groups))
+        cost = total(trial) - now
+        open_ = (kept < sizes) & (now + cost <= limit)
+        if not open_.any():
+            break
+        gain = np.array([1.0 - w[int(k)] if k < len(w) else 0.0 for w, k in zip(worst_first, kept, strict=True)])
+        value = np.where(open_, np.maximum(gain, 1e-9) / np.maximum(cost, 1e-12), -np.inf)
+        g = int(np.argmax(value))
+        kept[g] += 1
+        now += cost[g]
+    return {g: int(k) for g, k in zip(groups, kept, strict=True)}

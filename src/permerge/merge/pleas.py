@@ -23,7 +23,7 @@ import time
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from ..align.activation_matching import AMOptions, activation_correlations
@@ -33,10 +33,12 @@ from ..checkpoint import Checkpoint
 from ..data.mergedata import MergeData
 from ..errors import PermergeError
 from ..models import ModelConfig, build_model
+from ..models.config import CHANNEL_SLOTS
+from ..models.registry import channels_of
 from ..permutation.spec import apply_permutation
 from .lsq import POSITIONS, ls_refit
 from .methods import MergerResult, merger_spec, register_merger
-from .partial import merge_state, pair_zip
+from .partial import allocate_kept, merge_state, pair_zip
 
 # Refit images at most (merge images plus augmented copies): a Linear layer gets a row per
 # image, a convolution one per output position, hundreds per image, so conv nets need fewer.
@@ -47,6 +49,13 @@ CONV_MAX_SAMPLES = 2_000
 class PLeaSOptions(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     width: float = Field(1.0, ge=1.0, le=2.0, description="merged width / a source's (1: same size, 2: both kept)")
+    params: float | None = Field(
+        None,
+        ge=1.0,
+        le=4.0,
+        description="instead of one width for every layer: a parameter budget (merged / a source's); each "
+        "layer's width is chosen to keep apart the pairs that match worst per parameter they cost",
+    )
     match: Literal["wm", "am"] = Field("wm", description="how B's units are paired with A's")
     refit: Literal["ls", "none"] = Field("ls", description="ls: layer-wise least squares on merge data")
     ridge: float = Field(1e-2, gt=0, description="ridge strength, relative to the mean feature energy")
@@ -65,11 +74,22 @@ class PLeaSOptions(BaseModel):
     )
     seed: int = 0
 
+    @model_validator(mode="after")
+    def _one_budget(self) -> PLeaSOptions:
+        if self.params is not None and self.width != 1.0:
+            raise ValueError("give either width (one for every layer) or params (a parameter budget), not both")
+        return self
+
+
+# Architectures whose layers can be widened one by one (MLP hidden widths, per-layer channels)
+PER_LAYER = ("mlp", *CHANNEL_SLOTS)
+
 
 def widened_config(cfg: ModelConfig, template: nn.Module, state: dict[str, torch.Tensor], fix: str) -> ModelConfig:
     """The config whose model has ``state``'s shapes: same as ``cfg`` at width 1; an MLP's
-    hidden widths, or a width multiplier for the other architectures, when wider. ``fix``: what
-    the error tells the user to change when no config fits."""
+    hidden widths, or a width multiplier for the other architectures when every layer widened
+    alike, else their per-layer channel counts. ``fix``: what the error tells the user to
+    change when no config fits."""
     ref = template.state_dict()
     if all(ref[k].shape == state[k].shape for k in ref):
         return cfg
@@ -80,6 +100,9 @@ def widened_config(cfg: ModelConfig, template: nn.Module, state: dict[str, torch
     else:
         ratios = {state[k].shape[0] / ref[k].shape[0] for k in ref if ref[k].ndim and state[k].shape != ref[k].shape}
         candidates += [cfg.model_copy(update={"width": cfg.width * r}) for r in sorted(ratios)]
+        per_layer = channels_of(cfg, state)
+        if per_layer is not None:
+            candidates.append(per_layer)
     for c in candidates:
         built = build_model(c).state_dict()
         if all(built[k].shape == state[k].shape for k in built) and set(built) == set(state):
@@ -138,6 +161,11 @@ def pleas(
 
     assert data is not None
     t0 = time.perf_counter()
+    if (opts.width > 1.0 or opts.params is not None) and a.config.arch not in PER_LAYER:
+        raise PermergeError(
+            f"pleas wider than a source needs layers that can be widened ({', '.join(PER_LAYER)}); "
+            f"{a.config.describe()} cannot: use --opt width=1"
+        )
     spec = merger_spec(a, "pleas")
     perm, _, ainfo = align(
         a, b, opts.match, data, options={"seed": opts.seed}, spec=spec, device=device, progress=progress
@@ -146,10 +174,13 @@ def pleas(
     state_b = apply_permutation(spec, perm, b.model.state_dict())
     problem = AlignProblem(copy.deepcopy(a.model), state_a, state_b, spec, data, device, progress=False)
     sims = activation_correlations(problem, AMOptions(seed=opts.seed))
-    zips = {
-        g: pair_zip(sims[g].diagonal().float() if g in sims else torch.zeros(grp.size), opts.width)
-        for g, grp in spec.groups.items()
-    }
+    scores = {g: sims[g].diagonal().float() if g in sims else torch.zeros(grp.size) for g, grp in spec.groups.items()}
+    if opts.params is None:
+        zips = {g: pair_zip(s, opts.width) for g, s in scores.items()}
+    else:
+        numel = {n: p.numel() for n, p in a.model.named_parameters()}
+        kept = allocate_kept(spec, scores, numel, opts.params)
+        zips = {g: pair_zip(s, kept=kept[g]) for g, s in scores.items()}
     state = merge_state(spec, zips, state_a, state_b)
     cfg = widened_config(a.config, a.model, state, "use --opt width=1")
     model = build_model(cfg)

@@ -35,7 +35,7 @@ from ..models import build_model
 from ..permutation.spec import Permutation, PermutationSpec
 from .methods import MergerResult, merger_spec, register_merger
 from .partial import Zip, merge_state
-from .pleas import widened_config
+from .pleas import PER_LAYER, widened_config
 
 
 class ZipItOptions(BaseModel):
@@ -150,7 +150,10 @@ def zipit(
     # the widths are known before any statistics (a zipped group has n units, a kept one 2n):
     # a model that cannot take them is refused before the work
     shaped = {g: _paired(n) if g in zipped else _side_by_side(n) for g, n in sizes.items()}
-    fix = f"stop_layer={opts.stop_layer}: zip every group (no stop_layer), or use a model with free layer widths (mlp)"
+    fix = (
+        f"stop_layer={opts.stop_layer}: zip every group (no stop_layer), or use a model whose layers "
+        f"widen one by one ({', '.join(PER_LAYER)})"
+    )
     cfg = widened_config(a.config, a.model, merge_state(spec, shaped, a.model.state_dict(), b.model.state_dict()), fix)
     corr = joint_correlations(a, b, spec, data, opts, device)
     zips = {g: zip_greedy(corr[g], opts.alpha, opts.beta) if g in zipped else shaped[g] for g in groups}

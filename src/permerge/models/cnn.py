@@ -6,13 +6,17 @@ from .config import ModelConfig
 from .registry import register
 
 
-@register("cnn")
+def _channel_params(cfg: ModelConfig) -> tuple[str, ...]:
+    return ("0.weight", "3.weight", "7.weight", "9.weight")
+
+
+@register("cnn", channels=_channel_params)
 def build_cnn(cfg: ModelConfig) -> nn.Module:
     """LeNet-style: two conv+pool stages, two hidden linears. The conv->linear flatten
-    makes each channel permutation a block permutation of the first linear's inputs."""
+    makes each channel permutation a block permutation of the first linear's inputs.
+    ``channels``: the two convolutions' channels, then the two hidden linears' units."""
     c, h, w = cfg.in_shape
-    c1, c2 = max(1, round(32 * cfg.width)), max(1, round(64 * cfg.width))
-    f1, f2 = max(1, round(256 * cfg.width)), max(1, round(128 * cfg.width))
+    c1, c2, f1, f2 = cfg.scaled((32, 64, 256, 128))
     oh, ow = h // 4, w // 4
     return nn.Sequential(
         nn.Conv2d(c, c1, 5, padding=2),

@@ -10,6 +10,11 @@ from .._limits import MAX_CHANNELS, MAX_IMAGE_SIDE, MAX_WIDTH
 
 Arch = Literal["mlp", "cnn", "vgg11", "vgg16", "resnet20", "vit", "code"]
 
+# How many per-layer channel counts each convolutional architecture takes in ``channels``
+# (their order is documented by its builder). Merges that widen some layers more than others
+# (PLeaS with a parameter budget, ZipIt!'s partial zip) are saved and rebuilt with them.
+CHANNEL_SLOTS = {"cnn": 4, "vgg11": 8, "vgg16": 13, "resnet20": 12}
+
 
 class ModelConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -19,6 +24,7 @@ class ModelConfig(BaseModel):
     num_classes: int = Field(10, ge=2)
     hidden: tuple[int, ...] = (512, 512, 512)  # MLP only
     width: float = Field(1.0, gt=0, allow_inf_nan=False)  # width multiplier (CNN, VGG, ResNet)
+    channels: tuple[int, ...] = ()  # per-layer channel counts instead of a multiplier (CNN, VGG, ResNet)
     norm: Literal["bn", "ln", "none"] = "bn"  # VGG / ResNet
     # ViT: patch size, blocks, embedding width, heads (vit:tiny-p4-d6-w96-h3)
     patch: int = Field(7, ge=1, le=MAX_IMAGE_SIDE)
@@ -60,6 +66,28 @@ class ModelConfig(BaseModel):
             raise ValueError("arch 'code' and a factory name ('code') go together")
         return self
 
+    @model_validator(mode="after")
+    def _channels(self) -> ModelConfig:
+        if not self.channels:
+            return self
+        n = CHANNEL_SLOTS.get(self.arch)
+        if n is None:
+            raise ValueError(f"per-layer channels are for {', '.join(CHANNEL_SLOTS)}, not {self.arch}")
+        if len(self.channels) != n:
+            raise ValueError(f"{self.arch} takes {n} channel counts, got {len(self.channels)}")
+        if not all(1 <= c <= MAX_WIDTH for c in self.channels):
+            raise ValueError(f"channel counts must be in [1, {MAX_WIDTH:,}]")
+        if self.width != 1.0:
+            raise ValueError("give either a width multiplier or per-layer channels, not both")
+        return self
+
+    def scaled(self, base: tuple[int, ...]) -> tuple[int, ...]:
+        """The builder's per-layer channel counts: ``channels`` when given, else ``base`` (its
+        counts at width 1) times the width multiplier."""
+        if self.channels:
+            return self.channels
+        return tuple(max(1, round(k * self.width)) for k in base)
+
     def describe(self) -> str:
         if self.arch == "code":
             return f"{self.code}(" + ", ".join(f"{k}={v!r}" for k, v in self.code_args) + ")"
@@ -67,6 +95,8 @@ class ModelConfig(BaseModel):
             return f"vit p{self.patch} d{self.depth} w{self.dim} h{self.heads}"
         if self.arch == "mlp":
             return "mlp " + "-".join(str(x) for x in (self.in_features, *self.hidden, self.num_classes))
+        if self.channels:
+            return f"{self.arch} channels {'-'.join(map(str, self.channels))} ({self.norm})"
         return f"{self.arch} x{self.width:g} ({self.norm})"
 
     @property
