@@ -35,10 +35,10 @@ from ..errors import PermergeError
 from ..models import ModelConfig, build_model
 from ..models.config import CHANNEL_SLOTS
 from ..models.registry import channels_of
-from ..permutation.spec import apply_permutation
+from ..permutation.spec import PermutationSpec, apply_permutation
 from .lsq import POSITIONS, ls_refit
 from .methods import MergerResult, merger_spec, register_merger
-from .partial import allocate_kept, merge_state, pair_zip
+from .partial import Zip, allocate_kept, merge_state, pair_zip
 
 # Refit images at most (merge images plus augmented copies): a Linear layer gets a row per
 # image, a convolution one per output position, hundreds per image, so conv nets need fewer.
@@ -172,15 +172,7 @@ def pleas(
     )
     state_a = a.model.state_dict()
     state_b = apply_permutation(spec, perm, b.model.state_dict())
-    problem = AlignProblem(copy.deepcopy(a.model), state_a, state_b, spec, data, device, progress=False)
-    sims = activation_correlations(problem, AMOptions(seed=opts.seed))
-    scores = {g: sims[g].diagonal().float() if g in sims else torch.zeros(grp.size) for g, grp in spec.groups.items()}
-    if opts.params is None:
-        zips = {g: pair_zip(s, opts.width) for g, s in scores.items()}
-    else:
-        numel = {n: p.numel() for n, p in a.model.named_parameters()}
-        kept = allocate_kept(spec, scores, numel, opts.params)
-        zips = {g: pair_zip(s, kept=kept[g]) for g, s in scores.items()}
+    zips = _partial_zips(a, spec, state_a, state_b, data, opts, device)
     state = merge_state(spec, zips, state_a, state_b)
     cfg = widened_config(a.config, a.model, state, "use --opt width=1")
     model = build_model(cfg)
@@ -191,26 +183,62 @@ def pleas(
         "widths": {g: z.width for g, z in zips.items()},
     }
     if opts.refit == "ls":
-        g = torch.Generator().manual_seed(opts.seed)
-        convs = any(isinstance(m, nn.Conv2d) for m in model.modules())
-        cap = opts.max_samples or (CONV_MAX_SAMPLES if convs else MAX_SAMPLES)
-        x = _refit_inputs(data, opts.augment_copies, cap, g, device)
         b_aligned = build_model(a.config)
         b_aligned.load_state_dict(state_b)
-        a_model = copy.deepcopy(a.model).to(device).eval()
-        info["refit_residual"] = ls_refit(
-            model,
-            a_model,
-            b_aligned.to(device).eval(),
-            spec,
-            zips,
-            x,
-            opts.ridge,
-            bn_data=data.combined(),
-            positions=opts.positions,
-            seed=opts.seed,
-            progress=progress,
-        )
-        info["refit_samples"] = len(x)
+        info.update(_refit(model, a, b_aligned.to(device).eval(), spec, zips, data, opts, device, progress))
     info["seconds"] = time.perf_counter() - t0
     return MergerResult(model=model.eval(), config=cfg, perm=perm, spec=spec, info=info)
+
+
+def _partial_zips(
+    a: Checkpoint,
+    spec: PermutationSpec,
+    state_a: dict[str, torch.Tensor],
+    state_b: dict[str, torch.Tensor],
+    data: MergeData,
+    opts: PLeaSOptions,
+    device: torch.device,
+) -> dict[str, Zip]:
+    """Score each aligned pair by its units' activation correlation on the merge data and
+    decide, per group, which pairs merge: by one width, or by the parameter budget."""
+    problem = AlignProblem(copy.deepcopy(a.model), state_a, state_b, spec, data, device, progress=False)
+    sims = activation_correlations(problem, AMOptions(seed=opts.seed))
+    scores = {g: sims[g].diagonal().float() if g in sims else torch.zeros(grp.size) for g, grp in spec.groups.items()}
+    if opts.params is None:
+        return {g: pair_zip(s, opts.width) for g, s in scores.items()}
+    numel = {n: p.numel() for n, p in a.model.named_parameters()}
+    kept = allocate_kept(spec, scores, numel, opts.params)
+    return {g: pair_zip(s, kept=kept[g]) for g, s in scores.items()}
+
+
+def _refit(
+    model: nn.Module,
+    a: Checkpoint,
+    b_aligned: nn.Module,
+    spec: PermutationSpec,
+    zips: dict[str, Zip],
+    data: MergeData,
+    opts: PLeaSOptions,
+    device: torch.device,
+    progress: bool,
+) -> dict[str, object]:
+    """The least-squares refit of ``model`` in place, on the merge data plus augmented copies."""
+    g = torch.Generator().manual_seed(opts.seed)
+    convs = any(isinstance(m, nn.Conv2d) for m in model.modules())
+    cap = opts.max_samples or (CONV_MAX_SAMPLES if convs else MAX_SAMPLES)
+    x = _refit_inputs(data, opts.augment_copies, cap, g, device)
+    a_model = copy.deepcopy(a.model).to(device).eval()
+    residual = ls_refit(
+        model,
+        a_model,
+        b_aligned,
+        spec,
+        zips,
+        x,
+        opts.ridge,
+        bn_data=data.combined(),
+        positions=opts.positions,
+        seed=opts.seed,
+        progress=progress,
+    )
+    return {"refit_residual": residual, "refit_samples": len(x)}
