@@ -459,6 +459,8 @@ def _size_plot(plt: Any, ss: list[dict[str, Any]], pair: str, save: Callable[[An
 
 def size_family(row: str) -> str:
     """The line a row joins in the size plot: its name without a width suffix, finisher kept
-    (``pleas`` and ``pleas-1.5x`` are one line, ``pleas-1.5x+kd`` another, ``wm+kd`` its own)."""
+    (``pleas`` and ``pleas-1.5x`` are one line, ``pleas-1.5x+kd`` another, ``wm+kd`` its own);
+    a parameter-budget suffix (``pleas-p1.5``: per-layer widths) makes a line of its own."""
     base, _, rest = row.partition("-")
-    return base + ("+" + rest.split("+", 1)[1] if "+" in rest else "")
+    per_layer = " per-layer" if len(rest) > 1 and rest[0] == "p" and rest[1].isdigit() else ""
+    return base + per_layer + ("+" + rest.split("+", 1)[1] if "+" in rest else "")
