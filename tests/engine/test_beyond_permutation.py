@@ -184,8 +184,15 @@ def test_least_squares_refit_refuses_layers_it_cannot_express() -> None:
 
 def test_pleas_options_are_checked_before_any_work() -> None:
     a, b = _ckpt("mlp:16x12", 0), _ckpt("mlp:16x12", 1)
-    for bad in ({"width": 0.5}, {"width": 2.5}, {"refit": "adam"}, {"params": 0.9}, {"width": 1.5, "params": 1.5}):
-        with pytest.raises(PermergeError, match="invalid option|not both"):
+    for bad in (
+        {"width": 0.5},
+        {"width": 2.5},
+        {"refit": "adam"},
+        {"params": 0.9},
+        {"width": 1.5, "params": 1.5},
+        {"params": 1.5, "macs": 1.5},
+    ):
+        with pytest.raises(PermergeError, match="invalid option|not several"):
             merge_models(a, b, method="pleas", data=_data(), options=bad, progress=False)
     with pytest.raises(PermergeError, match="needs merge data"):
         merge_models(a, b, method="pleas", progress=False)
@@ -355,16 +362,17 @@ def test_zipit_partial_zip_of_a_model_without_per_layer_widths_is_refused_before
     assert calls == []
 
 
+@pytest.mark.parametrize("budget", ["params", "macs"])
 @pytest.mark.parametrize(("arch", "shape"), [("mlp:16x12", (1, 8, 8)), ("cnn", (1, 12, 12)), ("resnet20", (3, 8, 8))])
-def test_pleas_parameter_budget_chooses_per_layer_widths_within_it(arch: str, shape: tuple[int, int, int]) -> None:
+def test_pleas_budget_chooses_per_layer_widths_within_it(arch: str, shape: tuple[int, int, int], budget: str) -> None:
     a, b = _ckpt(arch, 0, shape), _ckpt(arch, 1, shape)
     data = _data(n_per_class=2, shape=shape)
-    r = merge_models(a, b, method="pleas", data=data, options={"params": 1.5, "refit": "none"}, progress=False)
-    ratio = model_size(r.model, shape)["params"] / model_size(a.model, shape)["params"]
+    r = merge_models(a, b, method="pleas", data=data, options={budget: 1.5, "refit": "none"}, progress=False)
+    ratio = model_size(r.model, shape)[budget] / model_size(a.model, shape)[budget]
     assert 1.4 < ratio <= 1.5
     widths = set(r.info["merger"]["widths"].values())
     assert r.config is not None and r.config != a.config and len(widths) > 1
-    assert merge_models(a, b, method="pleas", data=data, options={"params": 1.0, "refit": "none"}).config == a.config
+    assert merge_models(a, b, method="pleas", data=data, options={budget: 1.0, "refit": "none"}).config == a.config
 
 
 def test_parameter_budget_keeps_the_worst_matched_pairs_apart_first() -> None:
@@ -387,7 +395,7 @@ def test_parameter_budget_keeps_the_worst_matched_pairs_apart_first() -> None:
 def test_pleas_wider_than_a_source_is_refused_before_work_where_layers_cannot_widen() -> None:
     shape = (1, 28, 28)
     a, b = _ckpt("vit:tiny-d1", 0, shape), _ckpt("vit:tiny-d1", 1, shape)
-    for opts in ({"width": 1.5}, {"params": 1.5}):
+    for opts in ({"width": 1.5}, {"params": 1.5}, {"macs": 1.2}):
         with pytest.raises(PermergeError, match="pleas wider than a source needs layers that can be widened"):
             merge_models(a, b, method="pleas", data=_data(n_per_class=1, shape=shape), options=opts)
 

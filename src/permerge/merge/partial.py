@@ -111,32 +111,35 @@ def merge_state(
 
 
 def allocate_kept(
-    spec: PermutationSpec, scores: dict[str, torch.Tensor], numel: dict[str, int], budget: float
+    spec: PermutationSpec, scores: dict[str, torch.Tensor], cost: dict[str, int], budget: float
 ) -> dict[str, int]:
-    """How many pairs of each group to keep apart so that the merged model has at most
-    ``budget`` times a source's parameters (``numel``: each parameter's size in a source).
+    """How many pairs of each group to keep apart so that the merged model costs at most
+    ``budget`` times a source. ``cost``: what each parameter costs in a source, its size for a
+    parameter budget or its multiply-adds per image for a compute budget (both grow with the
+    widths of the parameter's grouped axes alike).
 
     Greedy, one pair at a time: among the groups whose next pair still fits, keep apart the
-    pair that buys the most mismatch per parameter, ``(1 - score) / extra parameters``. A
+    pair that buys the most mismatch per unit of cost, ``(1 - score) / extra cost``. A
     group's extra cost depends on how wide its neighbours already are (a kept unit adds a row
     to the layers that produce it and a column to those that read it), so it is recomputed
     after every pick. PLeaS chooses one ratio per layer from a FLOP budget with a quadratic
-    program; scoring single pairs lets the badly matched units of any layer go first."""
+    program; scoring single pairs lets the badly matched units of any layer go first, and
+    needs no solver."""
     groups = list(spec.groups)
     sizes = np.array([spec.groups[g].size for g in groups], dtype=np.float64)
-    names = [n for n in numel if n in spec.by_param]
+    names = [n for n in cost if n in spec.by_param]
     # exponent[p, g]: how many axes of parameter p the group g spans
     exponent = np.zeros((len(names), len(groups)))
     for i, name in enumerate(names):
         for _, group, _ in spec.by_param[name]:
             exponent[i, groups.index(group)] += 1
-    fixed = sum(v for k, v in numel.items() if k not in spec.by_param)
-    sizes_p = np.array([numel[n] for n in names], dtype=np.float64)
+    fixed = sum(v for k, v in cost.items() if k not in spec.by_param)
+    sizes_p = np.array([cost[n] for n in names], dtype=np.float64)
     limit = budget * (fixed + sizes_p.sum())
     worst_first = [torch.sort(scores[g].double().cpu()).values.numpy() for g in groups]
     kept = np.zeros(len(groups))
 
-    def total(k: np.ndarray) -> np.ndarray:  # parameters for each row of k (rows: candidates)
+    def total(k: np.ndarray) -> np.ndarray:  # the cost for each row of k (rows: candidates)
         return fixed + np.exp(np.log1p(k / sizes) @ exponent.T) @ sizes_p
 
     now = total(kept[None])[0]

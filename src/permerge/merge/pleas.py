@@ -39,6 +39,7 @@ from ..permutation.spec import PermutationSpec, apply_permutation
 from .lsq import POSITIONS, ls_refit
 from .methods import MergerResult, merger_spec, register_merger
 from .partial import Zip, allocate_kept, merge_state, pair_zip
+from .size import macs_by_weight
 
 # Refit images at most (merge images plus augmented copies): a Linear layer gets a row per
 # image, a convolution one per output position, hundreds per image, so conv nets need fewer.
@@ -55,6 +56,13 @@ class PLeaSOptions(BaseModel):
         le=4.0,
         description="instead of one width for every layer: a parameter budget (merged / a source's); each "
         "layer's width is chosen to keep apart the pairs that match worst per parameter they cost",
+    )
+    macs: float | None = Field(
+        None,
+        ge=1.0,
+        le=4.0,
+        description="as params, a compute budget: multiply-adds per image, merged / a source's (the paper's "
+        "FLOP budget)",
     )
     match: Literal["wm", "am"] = Field("wm", description="how B's units are paired with A's")
     refit: Literal["ls", "none"] = Field("ls", description="ls: layer-wise least squares on merge data")
@@ -76,9 +84,13 @@ class PLeaSOptions(BaseModel):
 
     @model_validator(mode="after")
     def _one_budget(self) -> PLeaSOptions:
-        if self.params is not None and self.width != 1.0:
-            raise ValueError("give either width (one for every layer) or params (a parameter budget), not both")
+        if sum((self.width != 1.0, self.params is not None, self.macs is not None)) > 1:
+            raise ValueError("give one of width (one for every layer), params or macs (a budget), not several")
         return self
+
+    @property
+    def per_layer(self) -> bool:
+        return self.params is not None or self.macs is not None
 
 
 # Architectures whose layers can be widened one by one (MLP hidden widths, per-layer channels)
@@ -161,7 +173,7 @@ def pleas(
 
     assert data is not None
     t0 = time.perf_counter()
-    if (opts.width > 1.0 or opts.params is not None) and a.config.arch not in PER_LAYER:
+    if (opts.width > 1.0 or opts.per_layer) and a.config.arch not in PER_LAYER:
         raise PermergeError(
             f"pleas wider than a source needs layers that can be widened ({', '.join(PER_LAYER)}); "
             f"{a.config.describe()} cannot: use --opt width=1"
@@ -200,14 +212,16 @@ def _partial_zips(
     device: torch.device,
 ) -> dict[str, Zip]:
     """Score each aligned pair by its units' activation correlation on the merge data and
-    decide, per group, which pairs merge: by one width, or by the parameter budget."""
+    decide, per group, which pairs merge: by one width, or by a parameter or compute budget."""
     problem = AlignProblem(copy.deepcopy(a.model), state_a, state_b, spec, data, device, progress=False)
     sims = activation_correlations(problem, AMOptions(seed=opts.seed))
     scores = {g: sims[g].diagonal().float() if g in sims else torch.zeros(grp.size) for g, grp in spec.groups.items()}
-    if opts.params is None:
+    if opts.params is not None:
+        kept = allocate_kept(spec, scores, {n: p.numel() for n, p in a.model.named_parameters()}, opts.params)
+    elif opts.macs is not None:
+        kept = allocate_kept(spec, scores, macs_by_weight(a.model, a.config.in_shape), opts.macs)
+    else:
         return {g: pair_zip(s, opts.width) for g, s in scores.items()}
-    numel = {n: p.numel() for n, p in a.model.named_parameters()}
-    kept = allocate_kept(spec, scores, numel, opts.params)
     return {g: pair_zip(s, kept=kept[g]) for g, s in scores.items()}
 
 

@@ -12,28 +12,25 @@ from typing import Any
 import torch
 from torch import nn
 
+_COUNTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
 
 @torch.no_grad()
-def model_size(model: nn.Module, in_shape: tuple[int, ...]) -> dict[str, Any]:
-    """Parameters (unique tensors) and multiply-adds of one forward pass on one image.
-
-    Multiply-adds count Linear and Conv layers (the cost that scales with width); norms,
-    activations and pooling are a few percent more and are left out, as is usual."""
-    macs = 0
+def macs_by_weight(model: nn.Module, in_shape: tuple[int, ...]) -> dict[str, int]:
+    """Multiply-adds of one forward pass on one image, by the weight that does them: a Linear
+    or Conv layer's weight costs its size once per output position (token, pixel), so when a
+    merge widens its axes its multiply-adds grow exactly as its parameters do. Norms,
+    activations, pooling and attention's own products are a few percent more and are left
+    out, as is usual."""
+    names = {m: n for n, m in model.named_modules() if isinstance(m, _COUNTED)}
+    macs: dict[str, int] = {}
 
     def count(mod: nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
-        nonlocal macs
-        if isinstance(mod, nn.Linear):
-            macs += mod.in_features * mod.out_features * (out.numel() // out.shape[-1])
-        elif isinstance(mod, nn.Conv1d | nn.Conv2d | nn.Conv3d):
-            per_out = (mod.in_channels // mod.groups) * int(torch.tensor(mod.kernel_size).prod())
-            macs += per_out * out.numel()
+        channels = out.shape[-1] if isinstance(mod, nn.Linear) else out.shape[1]
+        key = f"{names[mod]}.weight"
+        macs[key] = macs.get(key, 0) + mod.weight.numel() * (out.numel() // channels)
 
-    hooks = [
-        m.register_forward_hook(count)
-        for m in model.modules()
-        if isinstance(m, nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d)
-    ]
+    hooks = [m.register_forward_hook(count) for m in names]
     was_training = model.training
     try:
         model.eval()
@@ -43,8 +40,14 @@ def model_size(model: nn.Module, in_shape: tuple[int, ...]) -> dict[str, Any]:
         for h in hooks:
             h.remove()
         model.train(was_training)
+    return macs
+
+
+def model_size(model: nn.Module, in_shape: tuple[int, ...]) -> dict[str, Any]:
+    """Parameters (unique tensors) and multiply-adds of one forward pass on one image
+    (:func:`macs_by_weight`)."""
     params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
-    return {"params": params, "macs": macs}
+    return {"params": params, "macs": sum(macs_by_weight(model, in_shape).values())}
 
 
 def size_vs_source(model: nn.Module, source: nn.Module, in_shape: tuple[int, ...]) -> dict[str, Any]:
