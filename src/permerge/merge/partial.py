@@ -145,13 +145,13 @@ def allocate_kept(
     now = total(kept[None])[0]
     while True:
         trial = kept[None] + np.eye(len(groups))
-        cost = total(trial) - now
-        open_ = (kept < sizes) & (now + cost <= limit)
+        extra = total(trial) - now
+        open_ = (kept < sizes) & (now + extra <= limit)
         if not open_.any():
             break
         gain = np.array([1.0 - w[int(k)] if k < len(w) else 0.0 for w, k in zip(worst_first, kept, strict=True)])
-        value = np.where(open_, np.maximum(gain, 1e-9) / np.maximum(cost, 1e-12), -np.inf)
+        value = np.where(open_, np.maximum(gain, 1e-9) / np.maximum(extra, 1e-12), -np.inf)
         g = int(np.argmax(value))
         kept[g] += 1
-        now += cost[g]
+        now += extra[g]
     return {g: int(k) for g, k in zip(groups, kept, strict=True)}

@@ -22,13 +22,14 @@ def macs_by_weight(model: nn.Module, in_shape: tuple[int, ...]) -> dict[str, int
     merge widens its axes its multiply-adds grow exactly as its parameters do. Norms,
     activations, pooling and attention's own products are a few percent more and are left
     out, as is usual."""
-    names = {m: n for n, m in model.named_modules() if isinstance(m, _COUNTED)}
+    names: dict[nn.Module, str] = {m: n for n, m in model.named_modules() if isinstance(m, _COUNTED)}
     macs: dict[str, int] = {}
 
     def count(mod: nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
         channels = out.shape[-1] if isinstance(mod, nn.Linear) else out.shape[1]
         key = f"{names[mod]}.weight"
-        macs[key] = macs.get(key, 0) + mod.weight.numel() * (out.numel() // channels)
+        weight = mod.get_parameter("weight")
+        macs[key] = macs.get(key, 0) + weight.numel() * (out.numel() // channels)
 
     hooks = [m.register_forward_hook(count) for m in names]
     was_training = model.training
