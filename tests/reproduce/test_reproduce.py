@@ -493,4 +493,5 @@ def test_size_plot_lines_join_widths_of_one_method_and_keep_finishers_apart() ->
     assert size_family("pleas") == size_family("pleas-1.5x") == "pleas"
     assert size_family("pleas-1.5x+kd") == "pleas+kd" != size_family("pleas-1.5x")
     assert size_family("wm+kd") == "wm+kd" and size_family("source+kd") == "source+kd"
-    assert size_family("pleas-p1.5") == "pleas per-layer" and size_family("pleas-p1.5+kd") == "pleas per-layer+kd"
+    assert size_family("pleas-p1.5") == "pleas params budget" != size_family("pleas-m1.5")
+    assert size_family("pleas-p1.5+kd") == "pleas params budget+kd"

@@ -460,7 +460,9 @@ def _size_plot(plt: Any, ss: list[dict[str, Any]], pair: str, save: Callable[[An
 def size_family(row: str) -> str:
     """The line a row joins in the size plot: its name without a width suffix, finisher kept
     (``pleas`` and ``pleas-1.5x`` are one line, ``pleas-1.5x+kd`` another, ``wm+kd`` its own);
-    a parameter-budget suffix (``pleas-p1.5``: per-layer widths) makes a line of its own."""
+    a budget suffix (``pleas-p1.5`` parameters, ``pleas-m1.5`` multiply-adds: per-layer widths)
+    makes a line of its own."""
     base, _, rest = row.partition("-")
-    per_layer = " per-layer" if len(rest) > 1 and rest[0] == "p" and rest[1].isdigit() else ""
-    return base + per_layer + ("+" + rest.split("+", 1)[1] if "+" in rest else "")
+    budgets = {"p": " params budget", "m": " MACs budget"}
+    budget = budgets.get(rest[:1], "") if rest[1:2].isdigit() else ""
+    return base + budget + ("+" + rest.split("+", 1)[1] if "+" in rest else "")
