@@ -98,6 +98,12 @@ JSON_CASES = {
     "unknown-arch": ('{"config": {"arch": "transformer"}}', "config (arch: Input should be"),
     "unknown-field": ('{"config": {"arch": "mlp", "dropout": 0.5}}', "config (dropout: Extra inputs"),
     "negative-width": ('{"config": {"arch": "mlp", "hidden": [-4]}}', "hidden widths must be positive"),
+    "channels-on-an-mlp": ('{"config": {"arch": "mlp", "channels": [4]}}', "per-layer channels are for"),
+    "channels-miscounted": ('{"config": {"arch": "cnn", "channels": [4, 4]}}', "cnn takes 4 channel counts, got 2"),
+    "channels-and-width": (
+        '{"config": {"arch": "cnn", "width": 2, "channels": [4, 4, 4, 4]}}',
+        "either a width multiplier or per-layer channels",
+    ),
 }
 
 
