@@ -53,6 +53,7 @@ def main() -> None:
     p.add_argument("--pair", nargs=2, action="append", default=[], metavar=("A", "B"), help="more pairs")
     p.add_argument("--data", nargs="+", required=True)
     p.add_argument("--method", default="wm")
+    p.add_argument("--lam", type=float, default=0.5, help="the start's interpolation weight toward B")
     p.add_argument("--grid", nargs="*", default=[])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
@@ -93,9 +94,9 @@ def run_pair(pa: str, pb: str, args: argparse.Namespace, settings: list[dict[str
         assert val is not None
         vals.append(val)
         tests.append(load_dataset(ck.dataset, "test"))
-    merged = merge_models(a, b, method=args.method, data=md, progress=False)
+    merged = merge_models(a, b, method=args.method, lam=args.lam, data=md, progress=False)
     start = merged.model
-    print(f"pair {pa} {pb}; start {args.method}: val {evaluate_many(start, vals)['mean_acc']:.2f}")
+    print(f"pair {pa} {pb}; start {args.method} lam {args.lam:g}: val {evaluate_many(start, vals)['mean_acc']:.2f}")
     for name, ck in (("A", a), ("B", b)):
         ev = evaluate_many(ck.model, vals)["per_dataset"]
         print(f"teacher {name}: val " + " / ".join(f"{x['acc']:.2f}" for x in ev.values()))
