@@ -27,7 +27,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
 
+from ..errors import PermergeError
+from ..models import ModelConfig, build_model
+from ..models.config import CHANNEL_SLOTS
+from ..models.registry import channels_of
 from ..permutation.spec import PermutationSpec
 
 
@@ -155,3 +160,34 @@ def allocate_kept(
         kept[g] += 1
         now += extra[g]
     return {g: int(k) for g, k in zip(groups, kept, strict=True)}
+
+
+# Architectures whose layers can be widened one by one (MLP hidden widths, per-layer channels)
+PER_LAYER = ("mlp", *CHANNEL_SLOTS)
+
+
+def widened_config(cfg: ModelConfig, template: nn.Module, state: dict[str, torch.Tensor], fix: str) -> ModelConfig:
+    """The config whose model has ``state``'s shapes: same as ``cfg`` at width 1; an MLP's
+    hidden widths, or a width multiplier for the other architectures when every layer widened
+    alike, else their per-layer channel counts. ``fix``: what the error tells the user to
+    change when no config fits."""
+    ref = template.state_dict()
+    if all(ref[k].shape == state[k].shape for k in ref):
+        return cfg
+    candidates = []
+    if cfg.arch == "mlp":
+        linears = [n for n, m in template.named_modules() if isinstance(m, nn.Linear)]
+        candidates.append(cfg.model_copy(update={"hidden": tuple(state[f"{n}.weight"].shape[0] for n in linears[:-1])}))
+    else:
+        ratios = {state[k].shape[0] / ref[k].shape[0] for k in ref if ref[k].ndim and state[k].shape != ref[k].shape}
+        candidates += [cfg.model_copy(update={"width": cfg.width * r}) for r in sorted(ratios)]
+        per_layer = channels_of(cfg, state)
+        if per_layer is not None:
+            candidates.append(per_layer)
+    for c in candidates:
+        built = build_model(c).state_dict()
+        if all(built[k].shape == state[k].shape for k in built) and set(built) == set(state):
+            return c
+    raise PermergeError(
+        f"a partial merge of {cfg.describe()} gives layer widths that no {cfg.arch} config expresses; {fix}"
+    )

@@ -32,13 +32,11 @@ from ..augment import default_augment
 from ..checkpoint import Checkpoint
 from ..data.mergedata import MergeData
 from ..errors import PermergeError
-from ..models import ModelConfig, build_model
-from ..models.config import CHANNEL_SLOTS
-from ..models.registry import channels_of
+from ..models import build_model
 from ..permutation.spec import PermutationSpec, apply_permutation
 from .lsq import POSITIONS, ls_refit
 from .methods import MergerResult, merger_spec, register_merger
-from .partial import Zip, allocate_kept, merge_state, pair_zip
+from .partial import PER_LAYER, Zip, allocate_kept, merge_state, pair_zip, widened_config
 from .size import macs_by_weight
 
 # Refit images at most (merge images plus augmented copies): a Linear layer gets a row per
@@ -91,37 +89,6 @@ class PLeaSOptions(BaseModel):
     @property
     def per_layer(self) -> bool:
         return self.params is not None or self.macs is not None
-
-
-# Architectures whose layers can be widened one by one (MLP hidden widths, per-layer channels)
-PER_LAYER = ("mlp", *CHANNEL_SLOTS)
-
-
-def widened_config(cfg: ModelConfig, template: nn.Module, state: dict[str, torch.Tensor], fix: str) -> ModelConfig:
-    """The config whose model has ``state``'s shapes: same as ``cfg`` at width 1; an MLP's
-    hidden widths, or a width multiplier for the other architectures when every layer widened
-    alike, else their per-layer channel counts. ``fix``: what the error tells the user to
-    change when no config fits."""
-    ref = template.state_dict()
-    if all(ref[k].shape == state[k].shape for k in ref):
-        return cfg
-    candidates = []
-    if cfg.arch == "mlp":
-        linears = [n for n, m in template.named_modules() if isinstance(m, nn.Linear)]
-        candidates.append(cfg.model_copy(update={"hidden": tuple(state[f"{n}.weight"].shape[0] for n in linears[:-1])}))
-    else:
-        ratios = {state[k].shape[0] / ref[k].shape[0] for k in ref if ref[k].ndim and state[k].shape != ref[k].shape}
-        candidates += [cfg.model_copy(update={"width": cfg.width * r}) for r in sorted(ratios)]
-        per_layer = channels_of(cfg, state)
-        if per_layer is not None:
-            candidates.append(per_layer)
-    for c in candidates:
-        built = build_model(c).state_dict()
-        if all(built[k].shape == state[k].shape for k in built) and set(built) == set(state):
-            return c
-    raise PermergeError(
-        f"a partial merge of {cfg.describe()} gives layer widths that no {cfg.arch} config expresses; {fix}"
-    )
 
 
 def _refit_inputs(

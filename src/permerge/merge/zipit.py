@@ -34,8 +34,7 @@ from ..errors import PermergeError
 from ..models import build_model
 from ..permutation.spec import Permutation, PermutationSpec
 from .methods import MergerResult, merger_spec, register_merger
-from .partial import Zip, merge_state
-from .pleas import PER_LAYER, widened_config
+from .partial import PER_LAYER, Zip, merge_state, widened_config
 
 
 class ZipItOptions(BaseModel):
