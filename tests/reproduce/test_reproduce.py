@@ -495,3 +495,15 @@ def test_size_plot_lines_join_widths_of_one_method_and_keep_finishers_apart() ->
     assert size_family("wm+kd") == "wm+kd" and size_family("source+kd") == "source+kd"
     assert size_family("pleas-p1.5") == "pleas params budget" != size_family("pleas-m1.5")
     assert size_family("pleas-p1.5+kd") == "pleas params budget+kd"
+
+
+def test_size_plot_unit_is_one_source_with_or_without_a_plain_wm_row() -> None:
+    from permerge.reproduce.report import _source_params
+
+    wm = {"method": "wm", "params": 100}
+    ens = {"method": "ensemble", "params": 200}
+    wide = {"method": "pleas-1.5x", "params": 190}
+    assert _source_params([wide, ens, wm]) == 100
+    assert _source_params([wide, ens, {"method": "wm+kd", "params": 100}]) == 100  # half the ensemble
+    assert _source_params([wide, {"method": "pleas", "params": 100}]) == 100
+    assert _source_params([{"method": "joint"}]) is None

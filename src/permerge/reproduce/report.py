@@ -421,7 +421,7 @@ def _ipc_plot(plt: Any, ss: list[dict[str, Any]], pair: str, save: Callable[[Any
 def _size_plot(plt: Any, ss: list[dict[str, Any]], pair: str, save: Callable[[Any, str], None]) -> None:
     """Accuracy against parameters relative to one source, one panel per merge data; the
     joint model and the output ensemble are the reference lines."""
-    unit = min((s["params"] for s in ss if s.get("params") and s["method"] == "wm"), default=None)
+    unit = _source_params(ss)
     if unit is None:
         return
     datas = [d for d in dict.fromkeys(s["data"] for s in ss if s.get("params")) if d not in ("none", "-")]
@@ -455,6 +455,15 @@ def _size_plot(plt: Any, ss: list[dict[str, Any]], pair: str, save: Callable[[An
     for row in axes:
         row[0].set_ylabel(f"mean test accuracy (%), {pair}")
     save(fig, f"accuracy_vs_size_{_slug(pair)}.png")
+
+
+def _source_params(ss: list[dict[str, Any]]) -> float | None:
+    """One source model's parameters: a WM merge's, else half the output ensemble's (both
+    sources), else the smallest merge (none is smaller than a source)."""
+    sized = [s for s in ss if s.get("params")]
+    wm = [s["params"] for s in sized if s["method"] == "wm"]
+    ens = [s["params"] / 2 for s in sized if s["method"] == "ensemble"]
+    return min(wm or ens or [s["params"] for s in sized], default=None)
 
 
 def size_family(row: str) -> str:
