@@ -157,8 +157,17 @@ def merge(
         progress=progress,
         seed=seed,  # seeds the method and the finisher unless their options set one
     )
-    scores = evaluate_many(result.model, pair.tests, device=dev)
-    report = _jsonable(
+    report = _merge_report(pair, result, method, seed)
+    if pair.folder is not None:
+        _write_merge(pair.folder, result, result.config or ca.config, pair.eval_specs, report)
+    return report
+
+
+def _merge_report(pair: _Pair, result: MergeResult, method: str, seed: int) -> dict[str, Any]:
+    """What ``merge`` returns and writes as merge.json: the scores on every test set, with what
+    was merged from what (paths, merge data) and the method's own info."""
+    ca, cb, md = pair.a, pair.b, pair.data
+    return _jsonable(
         {
             "method": method,
             "lam": result.lam,
@@ -167,14 +176,11 @@ def merge(
             "merge_data": md.names if md else None,
             "merge_data_size": len(md) if md else 0,
             "seed": seed,
-            "scores": scores,
+            "scores": evaluate_many(result.model, pair.tests, device=pair.device),
             "info": result.info,
             "notes": same_init_notes(ca, cb, result.perm, method),
         }
     )
-    if pair.folder is not None:
-        _write_merge(pair.folder, result, result.config or ca.config, pair.eval_specs, report)
-    return report
 
 
 def _write_merge(
@@ -215,32 +221,8 @@ def interpolate(
     if isinstance(points, bool) or not isinstance(points, int) or points < 3 or points % 2 == 0 or points > 1001:
         raise PermergeError("--points must be an odd number from 3 to 1001 (the barrier needs lam = 0.5)")
     pair = _open_pair(a, b, data, datasets, out, force, data_root, seed, device, arch_code, arch_args)
-    ca, cb, md, dev, tests, folder = pair.a, pair.b, pair.data, pair.device, pair.tests, pair.folder
-    reset = default_bn_reset(ca.model, md is not None) if bn_reset is None else bn_reset
-    lams = [i / (points - 1) for i in range(points)]
-    rows = curve(
-        ca.model, cb.model, lams, tests, kind="naive", data=md, bn_reset=reset, use_repair=repair, device=str(dev)
-    )
-    info: dict[str, Any] = {}
-    if method not in BASELINES:  # a baseline aligns nothing: its lines are the naive and ensemble ones
-        opts = seeded(method, options, seed)
-        perm, spec, info = align(ca, cb, method, md, options=opts, device=dev, progress=progress)
-        aligned = aligned_copy(cb, spec, perm)
-        rows += [
-            dict(r, line="aligned")
-            for r in curve(
-                ca.model,
-                aligned,
-                lams,
-                tests,
-                kind="aligned",
-                data=md,
-                bn_reset=reset,
-                use_repair=repair,
-                device=str(dev),
-            )
-        ]
-    rows += curve(ca.model, cb.model, lams, tests, kind="ensemble", data=None, bn_reset=False, device=str(dev))
+    reset = default_bn_reset(pair.a.model, pair.data is not None) if bn_reset is None else bn_reset
+    rows, info = _interpolation_rows(pair, method, points, reset, repair, options, seed, progress)
     lines = list(dict.fromkeys(r["line"] for r in rows))
     barriers = {ln: barrier([r for r in rows if r["line"] == ln]) for ln in lines}
     report = _jsonable(
@@ -252,13 +234,41 @@ def interpolate(
             "align": {k: v for k, v in info.items() if k != "history"},
         }
     )
-    if folder is not None:
-        with folder.staged() as tmp:
+    if pair.folder is not None:
+        title = f"{Path(str(pair.a.path)).name} -> {Path(str(pair.b.path)).name} ({method})"
+        with pair.folder.staged() as tmp:
             write_csv(rows, tmp / "interpolation.csv")
-            plot(rows, tmp / "interpolation.png", f"{Path(str(ca.path)).name} -> {Path(str(cb.path)).name} ({method})")
+            plot(rows, tmp / "interpolation.png", title)
             (tmp / "interpolation.json").write_text(dumps(report, indent=2) + "\n")
-        report["out"] = str(folder.path)
+        report["out"] = str(pair.folder.path)
     return report
+
+
+def _interpolation_rows(
+    pair: _Pair,
+    method: str,
+    points: int,
+    reset: bool,
+    repair: bool,
+    options: dict[str, Any] | None,
+    seed: int,
+    progress: bool,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The naive line, the aligned line (unless ``method`` is a baseline, which aligns nothing)
+    and the output ensemble's, one row per (line, lam, test set); and the alignment's info."""
+    ca, cb, md, dev, tests = pair.a, pair.b, pair.data, str(pair.device), pair.tests
+    lams = [i / (points - 1) for i in range(points)]
+    common: dict[str, Any] = {"data": md, "bn_reset": reset, "use_repair": repair, "device": dev}
+    rows = curve(ca.model, cb.model, lams, tests, kind="naive", **common)
+    info: dict[str, Any] = {}
+    if method not in BASELINES:
+        perm, spec, info = align(
+            ca, cb, method, md, options=seeded(method, options, seed), device=pair.device, progress=progress
+        )
+        aligned = aligned_copy(cb, spec, perm)
+        rows += [dict(r, line="aligned") for r in curve(ca.model, aligned, lams, tests, kind="aligned", **common)]
+    rows += curve(ca.model, cb.model, lams, tests, kind="ensemble", data=None, bn_reset=False, device=dev)
+    return rows, info
 
 
 def merge_many(

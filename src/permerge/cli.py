@@ -600,12 +600,15 @@ def demo(
     epochs: int = 20,
     merge_ipc: Annotated[int, typer.Option(help="merge data: images per class from each dataset")] = 10,
     ste_steps: int = 300,
+    kd_steps: Annotated[
+        int | None, typer.Option(min=1, help="distillation finisher steps (default: chosen from the merge data)")
+    ] = None,
     seed: Seed = 0,
     data_root: DataRoot = None,
     quiet: Quiet = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Train on two real datasets, then compare naive averaging, WM and STE side by side."""
+    """Train on two real datasets, then compare averaging, WM, STE and WM + the finisher side by side."""
     from .demo import run_demo
 
     r = run_demo(
@@ -615,6 +618,7 @@ def demo(
         epochs=epochs,
         merge_ipc=merge_ipc,
         ste_steps=ste_steps,
+        kd_steps=kd_steps,
         seed=seed,
         data_root=data_root,
         progress=not quiet and not json_out,

@@ -22,7 +22,7 @@ from torch import nn
 from ._io import finite
 from ._limits import check_seed
 from ._outdir import OutputFolder
-from .budgets import train_budget
+from .budgets import Budget, train_budget
 from .checkpoint import Checkpoint, as_checkpoint, check_inputs, datasets_of, load_checkpoint, save_checkpoint
 from .data import ImageSet, load_dataset, parse_spec
 from .data.imageset import concat
@@ -118,22 +118,37 @@ def train_checkpoint(
     net = net.cpu()
     scores = _scores(net, split.train, split.val, specs, data_root)
     check_trained(net, float(stats["final_train_loss"]), scores)
-    meta = {
-        "dataset": name,
+    meta = _trained_meta(specs, seed, cfg, budget, data, scores, stats, time.perf_counter() - t0)
+    ckpt = Checkpoint(model=net, config=mcfg, meta=finite(meta))
+    if folder is not None:
+        ckpt.path = save_checkpoint(folder, net, mcfg, ckpt.meta)
+    return ckpt
+
+
+def _trained_meta(
+    specs: list[str],
+    seed: int,
+    cfg: TrainConfig,
+    budget: Budget,
+    data: ImageSet,
+    scores: dict[str, Any],
+    stats: dict[str, float],
+    wall: float,
+) -> dict[str, Any]:
+    """What a trained checkpoint records: the data, seed, recipe and the budget chosen for it,
+    the normalisation every later use of the model must apply, and its scores."""
+    return {
+        "dataset": "+".join(specs),
         **({"datasets": specs} if len(specs) > 1 else {}),
         "seed": seed,
         "train": cfg.model_dump(),
         "budget": budget.to_dict(),
         "normalization": data.normalization.to_dict(),
         "scores": scores,
-        "wall_seconds": time.perf_counter() - t0,
+        "wall_seconds": wall,
         **stats,
         "permerge_kind": "trained",
     }
-    ckpt = Checkpoint(model=net, config=mcfg, meta=finite(meta))
-    if folder is not None:
-        ckpt.path = save_checkpoint(folder, net, mcfg, ckpt.meta)
-    return ckpt
 
 
 def _scores(

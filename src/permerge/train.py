@@ -160,32 +160,46 @@ def train_model(
                 y = data.labels[idx].to(device)
                 for group in opt.param_groups:
                     group["lr"] = _lr_at(cfg, step, total, steps_per_epoch)
-                with torch.autocast(dev_type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                    logits = model(x)
-                logits = logits.float()  # the loss in fp32 whatever the forward ran in
-                if weights is not None:
-                    w = weights[idx].to(device)
-                    loss = (F.cross_entropy(logits, y, reduction="none") * w).sum() / w.sum()
-                else:
-                    loss = F.cross_entropy(logits, y)
-                if not torch.isfinite(loss):
-                    raise TrainingError(
-                        f"training diverged at step {step} (loss {loss.item()}); lower --lr; nothing was saved"
-                    )
-                opt.zero_grad(set_to_none=True)
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                    scaler.step(opt)
-                    scaler.update()
-                else:
-                    loss.backward()
-                    opt.step()
+                w = weights[idx].to(device) if weights is not None else None
+                last_loss = _train_step(model, opt, scaler, x, y, w, amp_dtype, step)
                 step += 1
-                last_loss = loss.item()
                 bar.advance(loss=last_loss)
     model.eval()
     check_trained(model, last_loss)
     return {"final_train_loss": last_loss, "train_seconds": time.perf_counter() - t0, "steps": step}
+
+
+def _train_step(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    w: torch.Tensor | None,
+    amp_dtype: torch.dtype | None,
+    step: int,
+) -> float:
+    """One optimisation step on a batch (weighted cross-entropy where a reduced set carries
+    image weights); the forward in ``amp_dtype`` if set, the loss always in fp32. A non-finite
+    loss stops training before it reaches the weights."""
+    with torch.autocast(x.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        logits = model(x)
+    logits = logits.float()
+    if w is not None:
+        loss = (F.cross_entropy(logits, y, reduction="none") * w).sum() / w.sum()
+    else:
+        loss = F.cross_entropy(logits, y)
+    if not torch.isfinite(loss):
+        raise TrainingError(f"training diverged at step {step} (loss {loss.item()}); lower --lr; nothing was saved")
+    opt.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+    else:
+        loss.backward()
+        opt.step()
+    return loss.item()
 
 
 # Weights this large make float32 activations overflow on ordinary inputs: the model only

@@ -199,10 +199,11 @@ def test_pleas_options_are_checked_before_any_work() -> None:
 
 
 @pytest.mark.parametrize(
-    ("adversarial", "ratio", "precision"), [(0.0, 0.5, "fp32"), (0.1, 0.95, "fp32"), (0.1, 0.95, "bf16")]
+    ("adversarial", "ratio", "precision", "loss"),
+    [(0.0, 0.5, "fp32", "kl"), (0.1, 0.95, "fp32", "kl"), (0.1, 0.95, "bf16", "kl"), (0.0, 0.5, "fp32", "mse")],
 )
 def test_distillation_moves_the_student_toward_each_sources_teacher(
-    adversarial: float, ratio: float, precision: str
+    adversarial: float, ratio: float, precision: str, loss: str
 ) -> None:
     a, b = _ckpt("mlp:16x12", 0), _ckpt("mlp:16x12", 1)
     data = _data()
@@ -219,12 +220,12 @@ def test_distillation_moves_the_student_toward_each_sources_teacher(
         student,
         [a.model, b.model],
         data,
-        DistillOptions(steps=150, lr=3e-3, augment="none", adversarial=adversarial, precision=precision),
+        DistillOptions(steps=150, lr=3e-3, augment="none", adversarial=adversarial, precision=precision, loss=loss),
         progress=False,
     )
     assert gap() < ratio * before
     assert all(p.dtype == torch.float32 for p in student.parameters())  # mixed precision keeps fp32 weights
-    assert info["steps"] == 150 and info["loss_last"] < info["loss_first"]
+    assert info["steps"] == 150 and info["loss_last"] < info["loss_first"] and info["loss"] == loss
 
 
 def test_distillation_budget_is_chosen_from_the_merge_data_and_options_win() -> None:
@@ -422,13 +423,13 @@ def test_disagreement_inputs_raise_the_student_teacher_divergence() -> None:
 
 
 def test_mixed_inputs_learn_both_labels_weighted_as_mixed() -> None:
-    from permerge.merge.distill import Part, _loss
+    from permerge.merge.distill import Part, _loss, _Target
 
     logits = torch.tensor([[2.0, 0.0, -1.0]])
-    target = torch.full((1, 3), 1 / 3)
+    target = _Target(torch.full((1, 3), 1 / 3), torch.zeros(1, 3), [])
     y, y2 = torch.tensor([0]), torch.tensor([2])
     budget = {"temperature": 1.0, "label_weight": 1.0}
-    mixed = _loss((logits, []), (target, []), [Part(logits, y, y2, torch.tensor([0.25]))], budget)
+    mixed = _loss((logits, []), target, [Part(logits, y, y2, torch.tensor([0.25]))], budget)
     ce = torch.nn.functional.cross_entropy
     assert torch.isclose(mixed, 0.25 * ce(logits, y) + 0.75 * ce(logits, y2))
 

@@ -226,3 +226,44 @@ def test_merge_with_distillation_finisher_prints_its_budget(two_models: tuple[Pa
     assert "1.00x a source" in p.stdout
     bad = run("merge", str(a), str(b), "--method", "wm", "--finetune", "kd", data_root=data_root, ok=False)
     assert bad.returncode == 2 and bad.stderr.strip().startswith("error:") and "--data" in bad.stderr
+
+
+def test_demo_runs_end_to_end_and_the_finisher_beats_weight_matching(data_root: Path, tmp_path: Path) -> None:
+    """``permerge demo`` (the README's main job) at a small budget: every row of its table, the
+    saved models and merges, and the product's best row (WM + the finisher) above data-free WM
+    on the same real test sets."""
+    out = tmp_path / "demo"
+    p = run(
+        "demo",
+        "--dataset-b",
+        "fashion-mnist@100",
+        "--epochs",
+        "2",
+        "--merge-ipc",
+        "5",
+        "--ste-steps",
+        "5",
+        "--kd-steps",
+        "200",
+        "--out",
+        str(out),
+        "--json",
+        data_root=data_root,
+    )
+    r = json.loads(p.stdout)
+    rows = r["results"]
+    finisher = "WM + finisher (5/class)"
+    assert list(rows) == [
+        "model A",
+        "model B",
+        "naive average",
+        "output ensemble (2x compute)",
+        "weight matching (no data)",
+        "STE (5/class)",
+        finisher,
+    ]
+    assert r["merge_data"] == ["mnist-5k@5", "fashion-mnist@5"]
+    assert rows[finisher]["mean_acc"] > rows["weight matching (no data)"]["mean_acc"] + 5
+    for folder in ("model_a", "model_b", "merged_wm", "merged_ste", "merged_wm_kd"):
+        assert (out / folder / "model.safetensors").is_file(), folder
+    assert json.loads((out / "demo.json").read_text())["results"] == rows

@@ -198,27 +198,42 @@ def merge_models(
     result.info = {**info, **result.info}
     if ft_opts is not None:
         assert data is not None
-        teachers, nodes = finisher_teachers(a, b, result, ft_opts, data)
-        result.info["finetune"] = {
-            "method": finetune,
-            **distill(
-                result.model,
-                teachers,
-                data,
-                ft_opts,
-                device=device,
-                progress=progress,
-                hint_nodes=nodes,
-                sources_augmented=sources_augmented(a, b),
-            ),
-        }
-        if bn_reset and has_batchnorm(result.model):
-            result.model = reset_bn(result.model, data.combined(), device=device)
+        _finish(a, b, result, finetune, ft_opts, data, bool(bn_reset), device, progress)
     result.info["seconds"] = time.perf_counter() - t0
     result.info["size"] = size_vs_source(result.model, a.model, a.config.in_shape)
     if result.config is not None and result.config != a.config:  # wider than a source: say how
         result.info["size"]["model"] = result.config.describe()
     return result
+
+
+def _finish(
+    a: Checkpoint,
+    b: Checkpoint,
+    result: MergeResult,
+    finetune: str,
+    opts: DistillOptions,
+    data: MergeData,
+    bn_reset: bool,
+    device: str | torch.device,
+    progress: bool,
+) -> None:
+    """Distil both sources into ``result.model`` in place (each the teacher of its own merge
+    data), record what the finisher chose, and re-estimate BatchNorm statistics afterwards:
+    training moved the weights under the statistics the merge had set."""
+    teachers, nodes = finisher_teachers(a, b, result, opts, data)
+    stats = distill(
+        result.model,
+        teachers,
+        data,
+        opts,
+        device=device,
+        progress=progress,
+        hint_nodes=nodes,
+        sources_augmented=sources_augmented(a, b),
+    )
+    result.info["finetune"] = {"method": finetune, **stats}
+    if bn_reset and has_batchnorm(result.model):
+        result.model = reset_bn(result.model, data.combined(), device=device)
 
 
 def sources_augmented(*sources: Checkpoint) -> bool:

@@ -71,6 +71,11 @@ class DistillOptions(BaseModel):
     lr: float = Field(1e-3, gt=0, description="Adam learning rate (cosine decay to 0)")
     weight_decay: float = Field(0.0, ge=0)
     temperature: float = Field(2.0, gt=0, description="softmax temperature of teacher and student")
+    loss: Literal["kl", "mse"] = Field(
+        "kl",
+        description="kl: soft targets at the temperature; mse: the teacher's logits themselves "
+        "(squared error, the temperature unused)",
+    )
     label_weight: float | None = Field(
         None,
         ge=0,
@@ -149,6 +154,7 @@ def resolve_budget(
         "label_weight": label_weight,
         "lr": opts.lr,
         "temperature": opts.temperature,
+        "loss": opts.loss,
         "hint": hint,
         "reason": why,
     }
@@ -229,19 +235,27 @@ def _batch_first(model: nn.Module, nodes: Sequence[str], data: MergeData, device
     return tuple(n for n in nodes if two[n].shape[0] == 2 and three[n].shape[0] == 3)
 
 
-def _teach(
-    teachers: Sequence[_Net], xs: Sequence[torch.Tensor], mode: str, t: float, grad: bool = False
-) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Teacher probabilities at temperature ``t`` for every image (``xs[i]``: source i's inputs)
-    and, with hints, the own teacher's activations per hint node; ``grad``: keep the graph back
-    to the inputs (the teachers' weights are frozen)."""
-    probs, feats = [], []
+class _Target(NamedTuple):
+    """What the teachers answer for a batch: probabilities at the temperature, logits, and (with
+    hints) the own teacher's activations per hint node."""
+
+    probs: torch.Tensor
+    logits: torch.Tensor
+    feats: list[torch.Tensor]
+
+
+def _teach(teachers: Sequence[_Net], xs: Sequence[torch.Tensor], mode: str, t: float, grad: bool = False) -> _Target:
+    """The teachers' answer for every image (``xs[i]``: source i's inputs; ``mode`` own: source
+    i's teacher, ensemble: the mean over all teachers); ``grad``: keep the graph back to the
+    inputs (the teachers' weights are frozen)."""
+    probs, logits, feats = [], [], []
     with torch.set_grad_enabled(grad):
         for i, x in enumerate(xs):
             outs = [teachers[i](x)] if mode == "own" else [m(x) for m in teachers]
             probs.append(torch.stack([F.softmax(o / t, dim=1) for o, _ in outs]).mean(0))
+            logits.append(torch.stack([o for o, _ in outs]).mean(0))
             feats.append(outs[0][1])
-    return torch.cat(probs), [torch.cat(f) for f in zip(*feats, strict=True)]
+    return _Target(torch.cat(probs), torch.cat(logits), [torch.cat(f) for f in zip(*feats, strict=True)])
 
 
 def _hint_loss(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -257,23 +271,24 @@ def _hint_loss(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor])
 
 
 def _loss(
-    out: tuple[torch.Tensor, list[torch.Tensor]],
-    target: tuple[torch.Tensor, list[torch.Tensor]],
-    parts: Sequence[Part],
-    budget: dict[str, Any],
+    out: tuple[torch.Tensor, list[torch.Tensor]], target: _Target, parts: Sequence[Part], budget: dict[str, Any]
 ) -> torch.Tensor:
-    """Soft-target KL at the budget's temperature; with a label weight > 0 also the hard labels
-    (both labels of a mixed input, weighted as the images were); with a hint weight > 0 also the
-    feature hints."""
-    (logits, feats), (probs, teacher_feats) = out, target
+    """Soft-target KL at the budget's temperature (or, with loss mse, the squared error of the
+    logits: all of the teacher's answer, scale included, where a softmax keeps only differences);
+    with a label weight > 0 also the hard labels (both labels of a mixed input, weighted as the
+    images were); with a hint weight > 0 also the feature hints."""
+    logits, feats = out
     t, w, h = budget["temperature"], budget["label_weight"], budget.get("hint", 0.0)
-    loss = F.kl_div(F.log_softmax(logits / t, dim=1), probs, reduction="batchmean") * t * t
+    if budget.get("loss", "kl") == "mse":
+        loss = F.mse_loss(logits.float(), target.logits.float())
+    else:
+        loss = F.kl_div(F.log_softmax(logits / t, dim=1), target.probs, reduction="batchmean") * t * t
     if w > 0:
         y, y2, lam = (torch.cat([getattr(p, f) for p in parts]) for f in ("y", "y_partner", "lam"))
         ce = F.cross_entropy(logits, y, reduction="none"), F.cross_entropy(logits, y2, reduction="none")
         loss = (1 - w) * loss + w * (lam * ce[0] + (1 - lam) * ce[1]).mean()
     if h > 0:
-        loss = loss + h * _hint_loss(feats, teacher_feats)
+        loss = loss + h * _hint_loss(feats, target.feats)
     return loss
 
 
@@ -360,19 +375,8 @@ def distill(
     ``hint_nodes``: fx nodes whose activations carry units the student shares with each teacher
     (the alignment's probes, with B's units permuted to the merge); used when ``opts.hint`` > 0.
     ``sources_augmented``: every teacher was trained with augmentation (see :func:`resolve_budget`)."""
-    if opts.hint and (not hint_nodes or opts.teacher != "own"):
-        raise PermergeError(
-            "--ft-opt hint needs each teacher's hidden units aligned to the merged model's "
-            "(a same-width permutation merge: wm, am, ste) and teacher=own"
-        )
-    if opts.teacher == "own" and len(teachers) != len(data.sources):
-        raise PermergeError(
-            f"distillation with teacher=own needs one merge source per model ({len(teachers)} models, "
-            f"{len(data.sources)} sources); pass one --data spec per model or --ft-opt teacher=ensemble"
-        )
     dev = torch.device(device)
-    if opts.precision == "bf16" and dev.type not in ("cpu", "cuda"):
-        raise PermergeError(f"--ft-opt precision=bf16 needs a CPU or CUDA device, not {dev.type}")
+    _check_request(opts, teachers, data, hint_nodes, dev)
     budget = resolve_budget(opts, data, bool(hint_nodes) and opts.teacher == "own", sources_augmented)
     total = int(budget["steps"])
     g = torch.Generator().manual_seed(opts.seed)
@@ -408,6 +412,25 @@ def distill(
         "loss_last": last,
         "seconds": time.perf_counter() - t0,
     }
+
+
+def _check_request(
+    opts: DistillOptions, teachers: Sequence[nn.Module], data: MergeData, hint_nodes: Sequence[str], dev: torch.device
+) -> None:
+    """Refuse what the finisher cannot do, before any step: hints without aligned units, a
+    teacher per source without one source per teacher, bf16 where autocast has none."""
+    if opts.hint and (not hint_nodes or opts.teacher != "own"):
+        raise PermergeError(
+            "--ft-opt hint needs each teacher's hidden units aligned to the merged model's "
+            "(a same-width permutation merge: wm, am, ste) and teacher=own"
+        )
+    if opts.teacher == "own" and len(teachers) != len(data.sources):
+        raise PermergeError(
+            f"distillation with teacher=own needs one merge source per model ({len(teachers)} models, "
+            f"{len(data.sources)} sources); pass one --data spec per model or --ft-opt teacher=ensemble"
+        )
+    if opts.precision == "bf16" and dev.type not in ("cpu", "cuda"):
+        raise PermergeError(f"--ft-opt precision=bf16 needs a CPU or CUDA device, not {dev.type}")
 
 
 class FinisherInfo:

@@ -18,7 +18,7 @@ from ..data.spec import input_paths
 from ..errors import DataError, DivergedError, ModelError, PermergeError
 from .condense import reinit_factory
 from .reduced_set import ReducedSet, sidecar
-from .registry import ReduceContext, get_method
+from .registry import MethodResult, ReduceContext, get_method
 
 CONDENSE_ARCHS = ("convnet",)
 
@@ -90,12 +90,7 @@ def reduce_dataset(
         inputs = [] if isinstance(dataset, ImageSet) else input_paths([dataset])
         check_output_file(out, sidecars=(sidecar(Path(out), ".json"), sidecar(Path(out), ".png")),
                           inputs=inputs, force=force)  # fmt: skip
-    if isinstance(dataset, ImageSet):
-        data, source = dataset, str(dataset.meta.get("spec", dataset.name))
-    else:
-        data, source = load_dataset(dataset, "train", data_root=data_root, seed=seed), str(dataset)
-    if len(data) == 0:
-        raise DataError(f"{data.name}: dataset is empty, nothing to reduce")
+    data, source = _source(dataset, data_root, seed)
     classes = sorted(int(c) for c in data.labels.unique())
     _check_sizes(data, classes, ipc, m.name)
     trained, factory, model_name = _resolve_model(model, data)
@@ -118,21 +113,40 @@ def reduce_dataset(
     )
     t0 = time.perf_counter()
     result = m.fn(ctx, opts)
-    wall = time.perf_counter() - t0
-    images = result.images.detach().float().cpu().clamp(0.0, 1.0).contiguous()
-    if not bool(torch.isfinite(images).all()):
-        raise DivergedError(f"{m.name}: produced non-finite images")
     model_text = None if model is None else (model_name if isinstance(model, nn.Module) else str(model))
-    rs = ReducedSet(
-        images=images,
-        labels=result.labels.long().cpu(),
-        meta=_meta(ctx, m.name, m.kind, source, model_text, opts.model_dump(), wall, dict(result.info)),
-        source_indices=None if result.source_indices is None else result.source_indices.long().cpu(),
-        weights=result.weights,
+    meta = _meta(
+        ctx, m.name, m.kind, source, model_text, opts.model_dump(), time.perf_counter() - t0, dict(result.info)
     )
+    rs = _reduced_set(result, m.name, meta)
     if out is not None:
         rs.save(out)
     return rs
+
+
+def _source(dataset: str | ImageSet, data_root: str | os.PathLike[str] | None, seed: int) -> tuple[ImageSet, str]:
+    """The images to reduce (a spec's training split) and the name the reduced set records."""
+    if isinstance(dataset, ImageSet):
+        data, source = dataset, str(dataset.meta.get("spec", dataset.name))
+    else:
+        data, source = load_dataset(dataset, "train", data_root=data_root, seed=seed), str(dataset)
+    if len(data) == 0:
+        raise DataError(f"{data.name}: dataset is empty, nothing to reduce")
+    return data, source
+
+
+def _reduced_set(result: MethodResult, method: str, meta: dict[str, Any]) -> ReducedSet:
+    """A method's output as a saved-ready set: images in [0, 1] on the CPU, checked finite (a
+    condensation that diverged must not become someone's merge data)."""
+    images = result.images.detach().float().cpu().clamp(0.0, 1.0).contiguous()
+    if not bool(torch.isfinite(images).all()):
+        raise DivergedError(f"{method}: produced non-finite images")
+    return ReducedSet(
+        images=images,
+        labels=result.labels.long().cpu(),
+        meta=meta,
+        source_indices=None if result.source_indices is None else result.source_indices.long().cpu(),
+        weights=result.weights,
+    )
 
 
 def _meta(

@@ -76,21 +76,27 @@ def reproduce(
         results, failed = _run_stages(plan, ex, ctx, progress)
     finally:
         ex.close()
-    wall = time.perf_counter() - t0
-    meta = {
+    meta = _run_meta(results, failed, time.perf_counter() - t0, executor, quick)
+    report = write_report(root, plan, results, meta, store=Path(ctx.root))
+    return {"experiment": cfg.name, "out": str(root), **meta, "failures": list(failed.values()), **report}
+
+
+def _run_meta(
+    results: dict[str, dict[str, Any]], failed: dict[str, Any], wall: float, executor: str, quick: bool
+) -> dict[str, Any]:
+    """How the grid ran: runs finished, reused and failed, wall time, and the summed time of
+    every run (reused ones included: what the grid cost from scratch), on which host."""
+    return {
         "finished": sum(1 for r in results.values() if r.get("status") == "ok"),
         "cached": sum(1 for r in results.values() if r.get("cached")),
         "failed": len(failed),
         "wall_seconds": wall,
-        # summed over runs, including runs reused from earlier invocations
         "run_seconds": sum(float(r.get("wall_seconds") or 0.0) for r in results.values()),
         "executor": executor,
         "host": platform.node(),
         "cpus": os.cpu_count(),
         "quick": quick,
     }
-    report = write_report(root, plan, results, meta, store=Path(ctx.root))
-    return {"experiment": cfg.name, "out": str(root), **meta, "failures": list(failed.values()), **report}
 
 
 def _config(experiment: str | Path | ExperimentConfig, quick: bool, seeds: list[int] | None) -> ExperimentConfig:
