@@ -76,6 +76,9 @@ def test_merge_writes_model_and_report(
     # the merged checkpoint evaluates on both source datasets by default
     again = json.loads(run("eval", str(out), "--json", data_root=data_root).stdout)
     assert again["mean_acc"] == pytest.approx(r["scores"]["mean_acc"])
+    # the human-readable report points a merge with data but no finisher at the finisher
+    text = run("merge", str(a), str(b), "--method", method, *extra, data_root=data_root).stdout
+    assert ("tip: --finetune kd" in text) == bool(extra), text
 
 
 def test_interpolate_writes_csv_and_plot(two_models: tuple[Path, Path], data_root: Path, tmp_path: Path) -> None:
