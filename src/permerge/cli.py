@@ -604,9 +604,9 @@ def demo(
     out: Annotated[Path, typer.Option("--out", "-o")] = Path("runs/demo"),
     dataset_a: str = "mnist-5k",
     dataset_b: str = "fashion-mnist@400",
-    epochs: int = 20,
-    merge_ipc: Annotated[int, typer.Option(help="merge data: images per class from each dataset")] = 10,
-    ste_steps: int = 300,
+    epochs: Annotated[int, typer.Option(min=1, help="training epochs of each source model")] = 20,
+    merge_ipc: Annotated[int, typer.Option(min=1, help="merge data: images per class from each dataset")] = 10,
+    ste_steps: Annotated[int, typer.Option(min=1, help="STE optimisation steps")] = 300,
     kd_steps: Annotated[
         int | None, typer.Option(min=1, help="distillation finisher steps (default: chosen from the merge data)")
     ] = None,

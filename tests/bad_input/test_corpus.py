@@ -358,6 +358,11 @@ CASES: list[tuple[str, Setup, list[str], str]] = [
     ("epochs-0", None, [*TRAIN, "--epochs", "0", "-o", "{tmp}/o"], "invalid training option 'epochs'"),
     ("no-such-model", None, ["eval", "{tmp}/nothing"], "no such model file or folder"),
     ("bad-class-range", None, ["eval", "{a}", "--datasets", "mnist[5-1]"], "empty class range"),
+    # the demo's budgets are checked before it trains anything
+    *(
+        (f"demo-{flag[2:]}-0", None, ["demo", flag, "0", "-o", "{tmp}/o"], f"Invalid value for '{flag}'")
+        for flag in ("--epochs", "--merge-ipc", "--ste-steps", "--kd-steps")
+    ),
 ]
 
 
