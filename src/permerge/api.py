@@ -177,10 +177,27 @@ def _merge_report(pair: _Pair, result: MergeResult, method: str, seed: int) -> d
             "merge_data_size": len(md) if md else 0,
             "seed": seed,
             "scores": evaluate_many(result.model, pair.tests, device=pair.device),
+            "sources": _what_sources_know(pair),
             "info": result.info,
             "notes": same_init_notes(ca, cb, result.perm, method),
         }
     )
+
+
+def _what_sources_know(pair: _Pair) -> dict[str, Any]:
+    """Both source models on every test set, and per test set the better of the two: the mean of
+    those is what a merge that only inherits can reach (degradation is measured against it, not
+    against a source that never saw the other dataset). Two evaluations of models already
+    loaded; the CLI prints the merge's distance to it."""
+    a, b = (evaluate_many(c.model, pair.tests, device=pair.device) for c in (pair.a, pair.b))
+    acc = {d.name: [_acc(s, d.name) for s in (a, b)] for d in pair.tests}
+    best = {d: max(v) for d, v in acc.items()}
+    return {"model_a": a, "model_b": b, "best_per_dataset": best, "mean_acc": sum(best.values()) / len(best)}
+
+
+def _acc(scores: dict[str, Any], dataset: str) -> float:
+    """The accuracy on ``dataset`` in an :func:`evaluate_many` result."""
+    return float(scores["per_dataset"][dataset]["acc"])
 
 
 def _write_merge(

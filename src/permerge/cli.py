@@ -315,6 +315,12 @@ def _print_merge(r: dict[str, Any], name: str, out: Path | None) -> None:
             f"{ft['seconds']:.1f}s"
         )
     console.print(scores_table(f"{name} merge at lam={r['lam']:.2f}", {name: r["scores"]}))
+    known = r["sources"]
+    console.print(
+        f"the better source per test set averages {known['mean_acc']:.2f} "
+        f"(model A {known['model_a']['mean_acc']:.2f}, model B {known['model_b']['mean_acc']:.2f} over both); "
+        f"this merge {r['scores']['mean_acc'] - known['mean_acc']:+.2f}"
+    )
     size = r["info"]["size"]
     console.print(
         f"size {size['params']:,} parameters ({size['relative']:.2f}x a source), {size['macs']:,} MACs/image"

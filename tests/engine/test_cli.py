@@ -70,6 +70,16 @@ def test_merge_writes_model_and_report(
         ).stdout
     )
     assert r["method"] == method and set(r["scores"]["per_dataset"]) == {"mnist", "fashion-mnist"}
+    # what the sources know: per test set the better source, the mean of those the reference
+    known = r["sources"]
+    for d in ("mnist", "fashion-mnist"):
+        accs = [known[m]["per_dataset"][d]["acc"] for m in ("model_a", "model_b")]
+        assert known["best_per_dataset"][d] == pytest.approx(max(accs))
+    assert known["mean_acc"] == pytest.approx(sum(known["best_per_dataset"].values()) / 2)
+    source_a = json.loads(
+        run("eval", str(a), "--datasets", "mnist,fashion-mnist", "--json", data_root=data_root).stdout
+    )
+    assert known["model_a"]["mean_acc"] == pytest.approx(source_a["mean_acc"])
     assert (out / "model.safetensors").is_file() and (out / "merge.json").is_file()
     if method != "average":
         assert (out / "permutation.safetensors").is_file()
@@ -79,6 +89,7 @@ def test_merge_writes_model_and_report(
     # the human-readable report points a merge with data but no finisher at the finisher
     text = run("merge", str(a), str(b), "--method", method, *extra, data_root=data_root).stdout
     assert ("tip: --finetune kd" in text) == bool(extra), text
+    assert f"the better source per test set averages {known['mean_acc']:.2f}" in text, text
 
 
 def test_interpolate_writes_csv_and_plot(two_models: tuple[Path, Path], data_root: Path, tmp_path: Path) -> None:
