@@ -128,6 +128,8 @@ def _train_default(name: str) -> object:
     return TrainConfig.model_fields[name].default
 
 
+# Long only by its signature: one typer option per parameter is the command's --help; the body
+# hands them to api.train.
 @app.command()
 def train(
     dataset: Annotated[
@@ -232,6 +234,7 @@ def eval_(
         console.print(scores_table(f"evaluation of {model}", {str(model): r}))
 
 
+# Long only by its signature (one typer option per parameter); the body calls api.merge and prints.
 @app.command()
 def merge(
     model_a: Annotated[Path, typer.Argument(help="model A (the reference)")],

@@ -138,10 +138,12 @@ def run_demo(
         f"  trained both models in {train_seconds:.0f}s; merge data for STE and the finisher: "
         f"{' + '.join(merge_data)} ({merge_ipc} training images per class of each)"
     )
-    rows = {name: api.evaluate_model(m, datasets, data_root=data_root) for name, m in (("model A", a), ("model B", b))}
+    rows: dict[str, dict[str, Any]] = {}
     seconds = {"model A": train_seconds / 2, "model B": train_seconds / 2}
     for m in _merges(merge_data, merge_ipc, ste_steps, kd_steps):
         r = _merge(a, b, m, datasets, out, seed, data_root, progress)
+        if not rows:  # every merge report scores both sources on the same test sets: take the first
+            rows = {"model A": r["sources"]["model_a"], "model B": r["sources"]["model_b"]}
         rows[m.label], seconds[m.label] = r["scores"], r["info"]["seconds"]
         if "finetune" in r["info"]:
             ft = r["info"]["finetune"]

@@ -97,23 +97,14 @@ def train_checkpoint(
     if not specs:
         raise PermergeError("train needs at least one dataset")
     data = _training_data(specs, data_root, seed)
-    # Options left unset (or None) are chosen from the data: see permerge.budgets.
-    cfg, budget = train_budget(
-        train_options,
-        n_images=len(data),
-        n_train=lambda fraction: train_size(data.labels, fraction),
-        reduced=all(parse_spec(s).kind == "reduced" for s in specs),
-        channels=data.image_shape[0],
-    )
-    budget.announce()
+    cfg, budget = _budget(train_options, data, specs)
     split = train_val_split(data, cfg.val_fraction, seed=0)  # same validation part for every seed
     mcfg, net = _new_model(model, arch_code, arch_args, data.image_shape, seed)
     dev = resolve_device(device)
     if cfg.precision == "fp16" and dev.type != "cuda":
         raise PermergeError("precision fp16 needs a CUDA device; use bf16 for mixed precision on a CPU")
     t0 = time.perf_counter()
-    name = "+".join(specs)
-    what = f"train {mcfg.describe()} on {name}"
+    what = f"train {mcfg.describe()} on {'+'.join(specs)}"
     stats = train_model(net, split.train, cfg, seed=seed, device=dev, progress=progress, description=what)
     net = net.cpu()
     scores = _scores(net, split.train, split.val, specs, data_root)
@@ -123,6 +114,20 @@ def train_checkpoint(
     if folder is not None:
         ckpt.path = save_checkpoint(folder, net, mcfg, ckpt.meta)
     return ckpt
+
+
+def _budget(train_options: dict[str, Any], data: ImageSet, specs: list[str]) -> tuple[TrainConfig, Budget]:
+    """The training recipe: options left unset (or None) are chosen from the data (see
+    :mod:`permerge.budgets`), and what was chosen is announced."""
+    cfg, budget = train_budget(
+        train_options,
+        n_images=len(data),
+        n_train=lambda fraction: train_size(data.labels, fraction),
+        reduced=all(parse_spec(s).kind == "reduced" for s in specs),
+        channels=data.image_shape[0],
+    )
+    budget.announce()
+    return cfg, budget
 
 
 def _trained_meta(

@@ -18,7 +18,7 @@ from ..data.spec import input_paths
 from ..errors import DataError, DivergedError, ModelError, PermergeError
 from .condense import reinit_factory
 from .reduced_set import ReducedSet, sidecar
-from .registry import MethodResult, ReduceContext, get_method
+from .registry import Method, MethodResult, ReduceContext, ReduceOptions, get_method
 
 CONDENSE_ARCHS = ("convnet",)
 
@@ -93,19 +93,14 @@ def reduce_dataset(
     data, source = _source(dataset, data_root, seed)
     classes = sorted(int(c) for c in data.labels.unique())
     _check_sizes(data, classes, ipc, m.name)
-    trained, factory, model_name = _resolve_model(model, data)
-    if m.kind == "coreset" and model is not None and trained is None:
-        raise ModelError(f"{m.name}: --model must be a trained checkpoint, got {model!r} (no such file)")
-    if m.kind == "condensation" and model is not None and trained is None and getattr(opts, "net", None) == "auto":
-        opts = opts.model_copy(update={"net": model_name})  # condense with the named architecture
-    dev = torch.device(device)
+    trained, factory, model_name, opts = _method_model(m, model, opts, data)
     ctx = ReduceContext(
         data=data,
         ipc=ipc,
         classes=classes,
         generator=torch.Generator().manual_seed(int(seed)),
         seed=int(seed),
-        device=dev,
+        device=torch.device(device),
         progress=progress,
         model=trained if m.kind == "coreset" else None,
         net_factory=factory,
@@ -121,6 +116,20 @@ def reduce_dataset(
     if out is not None:
         rs.save(out)
     return rs
+
+
+def _method_model(
+    m: Method, model: str | Path | nn.Module | None, opts: ReduceOptions, data: ImageSet
+) -> tuple[nn.Module | None, Any, str | None, ReduceOptions]:
+    """What ``--model`` gives the method: a coreset method needs a trained checkpoint (its
+    feature space); a condensation method with ``net=auto`` condenses with the named
+    architecture. Returns (trained model or None, net factory, its name, the options)."""
+    trained, factory, model_name = _resolve_model(model, data)
+    if m.kind == "coreset" and model is not None and trained is None:
+        raise ModelError(f"{m.name}: --model must be a trained checkpoint, got {model!r} (no such file)")
+    if m.kind == "condensation" and model is not None and trained is None and getattr(opts, "net", None) == "auto":
+        opts = opts.model_copy(update={"net": model_name})
+    return trained, factory, model_name, opts
 
 
 def _source(dataset: str | ImageSet, data_root: str | os.PathLike[str] | None, seed: int) -> tuple[ImageSet, str]:

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from ...augment import default_augment
+from ...augment import SiameseAugment, default_augment
 from ...errors import PermergeError
 from ...progress import progress_bar
 from ..condense import NetFactory, clamp_, finite_or_raise, fresh_net, init_synthetic, net_factory, synthetic_result
@@ -107,6 +108,33 @@ class MTTOptions(ReduceOptions):
     flip: bool | None = None
 
 
+def _unroll(
+    flat: _Flat,
+    w_start: torch.Tensor,
+    syn: torch.Tensor,
+    labels: torch.Tensor,
+    syn_lr: torch.Tensor,
+    steps: int,
+    bs: int,
+    aug: SiameseAugment | None,
+    norm: Callable[[torch.Tensor], torch.Tensor],
+    g: torch.Generator,
+) -> torch.Tensor:
+    """A student's ``steps`` SGD steps on the synthetic set from the expert's weights
+    ``w_start``, kept in the graph (``create_graph``) so the matching loss reaches the images
+    and the learned step size through every step."""
+    w = w_start.clone().requires_grad_(True)
+    for _ in range(steps):
+        idx = torch.randperm(len(labels), generator=g)[:bs].to(syn.device)
+        x = syn[idx]
+        if aug is not None:
+            x = aug(x, aug.sample(g))
+        ce = F.cross_entropy(flat.forward(w, norm(x)), labels[idx])
+        (grad,) = torch.autograd.grad(ce, [w], create_graph=True)
+        w = w - syn_lr * grad
+    return w
+
+
 @register_method("mtt", MTTOptions, kind="condensation")
 def mtt(ctx: ReduceContext, o: MTTOptions) -> MethodResult:
     """Trajectory matching: students trained on the set must end where real-data experts do.
@@ -133,23 +161,14 @@ def mtt(ctx: ReduceContext, o: MTTOptions) -> MethodResult:
     opt_img = torch.optim.SGD([syn], lr=o.lr_img, momentum=o.momentum_img)
     opt_lr = torch.optim.SGD([syn_lr], lr=o.lr_lr, momentum=0.5)
     norm, g = ctx.data.normalization.apply, ctx.generator
-    n_syn = len(labels)
-    bs = n_syn if o.batch_syn <= 0 else min(o.batch_syn, n_syn)
+    bs = len(labels) if o.batch_syn <= 0 else min(o.batch_syn, len(labels))
     history: list[float] = []
     with progress_bar(o.iterations, f"mtt ipc {ctx.ipc}", ctx.progress) as bar:
         for it in range(o.iterations):
             traj = trajectories[int(torch.randint(len(trajectories), (1,), generator=g))]
             t = int(torch.randint(o.max_start_epoch + 1, (1,), generator=g))
             w_start, w_target = traj[t], traj[t + o.match_epochs]
-            w = w_start.clone().requires_grad_(True)
-            for _ in range(o.syn_steps):
-                idx = torch.randperm(n_syn, generator=g)[:bs].to(ctx.device)
-                x = syn[idx]
-                if aug is not None:
-                    x = aug(x, aug.sample(g))
-                ce = F.cross_entropy(flat.forward(w, norm(x)), labels[idx])
-                (grad,) = torch.autograd.grad(ce, [w], create_graph=True)
-                w = w - syn_lr * grad
+            w = _unroll(flat, w_start, syn, labels, syn_lr, o.syn_steps, bs, aug, norm, g)
             loss = ((w - w_target) ** 2).sum() / ((w_start - w_target) ** 2).sum()
             value = finite_or_raise(loss, "mtt", it)
             opt_img.zero_grad(set_to_none=True)
